@@ -1,9 +1,157 @@
-"""Commands of the captioner area (placeholder until the area lands)."""
+"""Commands of the captioner area: ``recaption clip train``, ``recaption captioner train``,
+``recaption caption`` and ``recaption audit``."""
 
 from __future__ import annotations
 
+import json
+from enum import Enum
+
 import typer
+
+clip_app = typer.Typer(no_args_is_help=True, help="Contrastive image-text models: train a world CLIP.")
+captioner_app = typer.Typer(no_args_is_help=True, help="The clip-prefix captioner: train its three stages.")
+
+
+class Stage(str, Enum):
+    alt = "alt"
+    short = "short"
+    descriptive = "descriptive"
+
+
+class Mode(str, Enum):
+    short = "short"
+    descriptive = "descriptive"
+
+
+class Strategy(str, Enum):
+    greedy = "greedy"
+    beam = "beam"
+    nucleus = "nucleus"
+
+
+def _user_errors(fn):  # noqa: ANN001, ANN202
+    """Turn ValueError/CaptionerError from the library into one-line user errors."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        from recaption.captioners.base import CaptionerError
+        from recaption.cli import UserError
+        from recaption.records import RecordError
+
+        try:
+            return fn(*a, **k)
+        except RecordError:
+            raise
+        except (ValueError, CaptionerError, KeyError) as e:
+            raise UserError(str(e)) from e
+    return wrapped
+
+
+@clip_app.command("train")
+@_user_errors
+def clip_train(data: str = typer.Option(..., "--data", help="World dataset (any recaption.io format)."),
+               out: str = typer.Option(..., "--out", help="Output folder (CLIPModel + tokenizer + processor)."),
+               steps: int = typer.Option(1500, "--steps"),
+               text_field: str = typer.Option("alt", "--text-field",
+                                              help="Caption field to learn from; truth.descriptive for a "
+                                                   "scoring CLIP (a measuring instrument, never the captioner's)."),
+               batch_size: int = typer.Option(128, "--batch-size"),
+               heldout: int = typer.Option(500, "--heldout", help="Held-out pairs for retrieval accuracy."),
+               seed: int = typer.Option(0, "--seed"),
+               device: str = typer.Option("cpu", "--device")) -> None:
+    """Train a small CLIPModel from scratch; prints held-out zero-shot retrieval accuracy."""
+    from recaption.clip.train import ClipTrainConfig, train_clip
+
+    cfg = ClipTrainConfig(text_field=text_field, steps=steps, batch_size=batch_size, heldout=heldout, seed=seed)
+    typer.echo(json.dumps(train_clip(data, out, cfg, device=device)))
+
+
+@captioner_app.command("train")
+@_user_errors
+def captioner_train(
+        stage: Stage = typer.Option(..., "--stage", help="alt (stage 1), short (2) or descriptive (3)."),
+        data: str = typer.Option(..., "--data", help="Dataset (any recaption.io format)."),
+        out: str = typer.Option(..., "--out", help="Checkpoint folder (resumed if it holds a run)."),
+        init: str = typer.Option(None, "--init", help="Checkpoint to start from (needed for short/descriptive)."),
+        clip: str = typer.Option(None, "--clip", help="CLIP name or folder for a new stage-1 model (default: train one on the alt-text first)."),
+        steps: int = typer.Option(0, "--steps", help="0 = the stage's default."),
+        finetune_size: str = typer.Option("0.05", "--finetune-size",
+                                          help="Fine-tune set: a fraction (0.05) or a count (1000) of records."),
+        pairs: str = typer.Option(None, "--pairs", help="JSONL {key, caption} fine-tune pairs (real data)."),
+        lm: str = typer.Option("", "--lm", help="Pretrained causal LM name/path (default: tiny GPT-2 from scratch)."),
+        batch_size: int = typer.Option(0, "--batch-size", help="0 = the stage's default."),
+        lr: float = typer.Option(0.0, "--lr", help="0 = the stage's default."),
+        seed: int = typer.Option(0, "--seed"),
+        resume: bool = typer.Option(True, "--resume/--no-resume"),
+        device: str = typer.Option("cpu", "--device")) -> None:
+    """Train one stage of the clip-prefix captioner (alt-text, then short, then descriptive)."""
+    from recaption.captioners.clip_prefix import ClipPrefixConfig
+    from recaption.captioners.train_prefix import CaptionerTrainConfig, train_captioner
+
+    cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
+                               finetune_size=finetune_size, seed=seed)
+    metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=ClipPrefixConfig(lm=lm),
+                              pairs=pairs, device=device, resume=resume)
+    typer.echo(json.dumps(metrics))
+
+
+def caption(captioner: str = typer.Option(..., "--captioner", help="DIR, hf:NAME, openai:MODEL@URL (see docs)."),
+            mode: Mode = typer.Option(..., "--mode"),
+            input: str = typer.Option(..., "--input", help="Dataset (any recaption.io format)."),
+            out: str = typer.Option(..., "--out", help="Output JSONL: {key, caption, mode, provenance}."),
+            batch_size: int = typer.Option(64, "--batch-size"),
+            strategy: Strategy = typer.Option(None, "--strategy", help="clip-prefix decoding (default greedy)."),
+            limit: int = typer.Option(None, "--limit", help="Caption at most this many records."),
+            device: str = typer.Option("cpu", "--device"),
+            dtype: str = typer.Option(None, "--dtype", help="e.g. bfloat16 (transformers VLMs)."),
+            ) -> None:
+    """Caption a dataset into a JSONL file (a plain loop; the scalable job is `recaption run`)."""
+    _caption(captioner, mode.value, input, out, batch_size, strategy.value if strategy else None, limit, device,
+             dtype)
+
+
+@_user_errors
+def _caption(spec: str, mode: str, input: str, out: str, batch_size: int, strategy: str | None,
+             limit: int | None, device: str, dtype: str | None) -> None:
+    import dataclasses
+
+    from recaption.captioners import load_captioner
+    from recaption.captioners.caption_file import caption_records
+    from recaption.io import read_records
+
+    cap = load_captioner(spec, device=device, dtype=dtype)
+    for c in getattr(cap, "captioners", {"": cap}).values():  # clip-prefix (or its per-mode router)
+        if hasattr(c, "decode"):
+            c.decode = dataclasses.replace(c.decode, batch_size=batch_size,
+                                           **({"strategy": strategy} if strategy else {}))
+    typer.echo(json.dumps(caption_records(cap, read_records(input), mode, out, batch_size=batch_size, limit=limit)))
+
+
+def audit(input: str = typer.Option(..., "--input", help="The dataset the captions describe."),
+          captions: str = typer.Option(..., "--captions", help="JSONL from `recaption caption`."),
+          out: str = typer.Option(..., "--out", help="Output JSON with the figures by name."),
+          clip_tokenizer: str = typer.Option(None, "--clip-tokenizer",
+                                             help="Tokenizer (name/path) to count CLIP tokens; default: an "
+                                                  "approximation (see recaption.eval.audit)."),
+          mode: Mode = typer.Option(None, "--mode", help="Caption mode (default: read from the JSONL).")) -> None:
+    """Audit captions: against the scene in the world; length, vocabulary, boilerplate, repetition anywhere."""
+    _audit(input, captions, out, clip_tokenizer, mode.value if mode else None)
+
+
+@_user_errors
+def _audit(input: str, captions: str, out: str, clip_tokenizer: str | None, mode: str | None) -> None:
+    from rich.console import Console
+
+    from recaption.eval.audit import audit_file, audit_table
+
+    report = audit_file(input, captions, out, clip_tokenizer=clip_tokenizer, mode=mode)
+    Console().print(audit_table(report))
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.add_typer(clip_app, name="clip")
+    app.add_typer(captioner_app, name="captioner")
+    app.command("caption")(caption)
+    app.command("audit")(audit)

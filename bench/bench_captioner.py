@@ -1,0 +1,118 @@
+"""Benchmark: the clip-prefix captioner end to end in the shapes world.
+
+world dataset (train, seed 0) + held-out dataset (seed 1) -> world CLIP on alt-text -> captioner stage 1
+(alt) -> stage 2 (short, fine-tune subset) -> stage 3 (descriptive, fine-tune subset) -> caption the held-out
+images with each stage -> audit against the truth; prints training times, audit figures and captioning
+throughput, and writes them as JSON (``--json``).
+
+Full run (the issue's targets): ``python bench/bench_captioner.py --train-n 20000 --heldout-n 1000``.
+Small check: ``python bench/bench_captioner.py --train-n 2000 --heldout-n 200 --clip-steps 200 --alt-steps 300
+--short-steps 150 --desc-steps 200``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-n", type=int, default=20000)
+    ap.add_argument("--heldout-n", type=int, default=1000)
+    ap.add_argument("--clip-steps", type=int, default=1500)
+    ap.add_argument("--alt-steps", type=int, default=0, help="0 = the stage default")
+    ap.add_argument("--short-steps", type=int, default=0)
+    ap.add_argument("--desc-steps", type=int, default=0)
+    ap.add_argument("--finetune-size", default="0.05")
+    ap.add_argument("--desc-init", choices=("short", "alt"), default="short",
+                    help="stage 3 starts from the short (default) or the alt checkpoint")
+    ap.add_argument("--batch-size", type=int, default=64, help="captioning batch size")
+    ap.add_argument("--out", default="bench_out/captioner")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--json", default=None, help="write all figures here (default OUT/bench.json)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from recaption.captioners.clip_prefix import load_clip_prefix
+    from recaption.captioners.train_prefix import CaptionerTrainConfig, train_captioner
+    from recaption.clip.train import ClipTrainConfig, train_clip
+    from recaption.eval.audit import audit, audit_table
+    from recaption.world.dataset import generate_records
+
+    os.makedirs(args.out, exist_ok=True)
+    res: dict = {"args": vars(args), "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch "
+                 f"{torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"}
+    t = time.time()
+    train = list(generate_records(args.train_n, seed=0))
+    held = list(generate_records(args.heldout_n, seed=1))
+    res["data_seconds"] = round(time.time() - t, 1)
+
+    t = time.time()
+    res["clip"] = train_clip(train, f"{args.out}/clip", ClipTrainConfig(steps=args.clip_steps), device=args.device)
+    res["clip"]["wall_seconds"] = round(time.time() - t, 1)
+
+    stages = [("alt", None, args.alt_steps), ("short", "alt", args.short_steps),
+              ("descriptive", args.desc_init, args.desc_steps)]
+    for stage, init, steps in stages:
+        t = time.time()
+        m = train_captioner(train, f"{args.out}/{stage}",
+                            CaptionerTrainConfig(stage=stage, steps=steps, finetune_size=args.finetune_size),
+                            init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
+                            device=args.device, resume=False)
+        m["wall_seconds"] = round(time.time() - t, 1)
+        res[f"train_{stage}"] = m
+
+    images = [r.pil() for r in held]
+    from rich.console import Console
+
+    console = Console()
+    for stage, mode in (("alt", "short"), ("alt", "descriptive"), ("short", "short"),
+                        ("descriptive", "descriptive")):
+        cap = load_clip_prefix(f"{args.out}/{stage}", device=args.device)
+        cap.decode = type(cap.decode)(batch_size=args.batch_size)
+        t = time.time()
+        caps = cap.caption(images, mode)
+        secs = time.time() - t
+        report = audit(held, {r.key: c for r, c in zip(held, caps, strict=True)}, mode=mode)
+        per = report.pop("per_caption")
+        report["images_per_second"] = round(len(images) / secs, 2)
+        report["examples"] = [p["caption"] for p in per[:3]]
+        res[f"audit_{stage}_{mode}"] = report
+        console.print(audit_table(report, title=f"stage {stage}, mode {mode}: {report['images_per_second']} img/s"))
+        for c in report["examples"]:
+            console.print(f"  [dim]{c}[/dim]")
+
+    summary = {
+        "clip_i2t_top1": res["clip"]["i2t_top1"], "clip_i2t_top5": res["clip"]["i2t_top5"],
+        "clip_train_s": res["clip"]["train_seconds"],
+        **{f"{s}_train_s": res[f"train_{s}"]["wall_seconds"] for s, _, _ in stages},
+        "dsc_attribute_recall": res["audit_descriptive_descriptive"]["attribute_recall"],
+        "dsc_hallucination_rate": res["audit_descriptive_descriptive"]["hallucination_rate"],
+        "dsc_count_accuracy": res["audit_descriptive_descriptive"]["count_accuracy"],
+        "dsc_relation_accuracy": res["audit_descriptive_descriptive"]["relation_accuracy"],
+        "ssc_names_main_subjects": res["audit_short_short"]["names_main_subjects"],
+        "ssc_words_per_caption": res["audit_short_short"]["words_per_caption"],
+        "ssc_words_max": res["audit_short_short"]["words_max"],
+        "alt_attribute_recall": res["audit_alt_descriptive"]["attribute_recall"],
+        "alt_names_main_subjects": res["audit_alt_short"]["names_main_subjects"],
+        "throughput_descriptive_img_s": res["audit_descriptive_descriptive"]["images_per_second"],
+        "throughput_short_img_s": res["audit_short_short"]["images_per_second"],
+    }
+    res["summary"] = summary
+    print(json.dumps(summary, indent=1))
+    with open(args.json or f"{args.out}/bench.json", "w") as f:
+        json.dump(res, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""The clip-prefix captioner (ClipCap, Mokady et al. 2021): CLIP image tokens -> mapper -> causal LM.
+
+The image goes through a CLIP vision tower; its token sequence is projected to the language model's
+width, mixed by a small transformer mapper and fed to a transformers causal LM as a prefix of input
+embeddings; the LM then writes the caption. The CLIP is frozen by default and its features are computed
+once per training run (``finetune_vision`` tunes it along).
+
+Pooled vs patch tokens: we feed the **patch tokens** (with the class token) of layer ``clip_layer``, not
+the single pooled embedding. The pooled vector is trained to match alt-text, which rarely mentions
+positions, counts or fills, so it keeps little of them; the patch tokens still carry *where* things are
+(one token per image region) and *how many* there are (one region each), which descriptive captions must
+state. LLaVA takes the penultimate layer for the same reason (``clip_layer=-2``, the default): the last
+layer is the most specialised to the contrastive objective. ``prefix_pool`` averages k x k patches to cut
+the prefix length when the LM's cost matters more than fine detail; ``prefix="pooled"`` gives ClipCap's
+original single-vector variant for comparison.
+
+One checkpoint is trained for one stage (``alt``, ``short`` or ``descriptive``), as the paper fine-tunes
+separate captioners for SSC and DSC: a small fine-tune set teaches a style best when it is the only style
+the model writes. ``caption(images, mode)`` must therefore match the stage (an ``alt`` checkpoint, the
+baseline, answers any mode with alt-style text and says so in the provenance). A directory holding
+``short/`` and ``descriptive/`` checkpoints loads as one captioner that routes each mode to its model
+(:class:`ModeRouter`), which is what the recaption job uses.
+
+Checkpoint layout (``save``): ``captioner.json`` (config beside), ``model.safetensors`` (mapper + LM, the
+config again in its metadata), ``lm_config.json``, ``tokenizer/``, ``clip/`` (copied when local, else the
+CLIP's hub name in the config), and ``train_state.pt`` while training (optimizer, step, RNG) for resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from recaption.captioners.base import CaptionerError, check_mode
+from recaption.records import Provenance
+
+log = logging.getLogger(__name__)
+
+KIND = "clip-prefix"
+CONFIG_NAME = "captioner.json"
+WEIGHTS_NAME = "model.safetensors"
+STAGES = ("alt", "short", "descriptive")
+
+
+@dataclass(frozen=True)
+class ClipPrefixConfig:
+    """The architecture of a clip-prefix captioner; saved inside and beside every checkpoint.
+
+    ``clip``: the CLIP checkpoint (``"clip"`` = the copy inside the checkpoint dir, else a name or path).
+    ``lm``: a pretrained causal LM name or path, or ``""`` for a tiny GPT-2 from scratch of ``lm_*`` size.
+    ``prefix_len``: 0 (default) gives the LM every image token (class + 64 patches at 64 px / patch 8); a
+    resampler of K queries is cheaper for the LM but was a bottleneck in the world: with 8 queries a toy
+    captioner named colours only (39% exact), with all tokens it was exact on 100% (bench/RESULTS_captioner.md).
+    ``finetune_vision``: also train the CLIP vision tower (the paper allows the captioner to fine-tune its
+    encoder); features are then computed each step and the tuned tower is saved in ``clip/``. Off by
+    default: frozen features are cached once, which makes a stage several times cheaper.
+    """
+
+    clip: str = "clip"
+    lm: str = ""
+    stage: str = "alt"
+    prefix: str = "patch"  # "patch" (class + patch tokens) or "pooled" (the projected image embedding)
+    clip_layer: int = -2
+    prefix_pool: int = 1
+    prefix_len: int = 0  # 0 = every image token is a prefix token; K > 0 = a resampler of K learned queries
+    mapper_layers: int = 1
+    lm_width: int = 256
+    lm_layers: int = 4
+    lm_heads: int = 4
+    dropout: float = 0.1
+    vocab_size: int = 2048
+    max_caption_tokens: int = 160
+    finetune_vision: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.prefix not in ("patch", "pooled"):
+            raise ValueError(f"prefix must be 'patch' or 'pooled', got {self.prefix!r}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How captions are decoded: ``greedy``, ``beam`` (``num_beams``) or ``nucleus`` (``top_p``) sampling.
+
+    ``no_repeat_ngram_size`` is the repetition guard: no n-gram of that length appears twice. Descriptive
+    captions legitimately repeat short phrases ("is to the left of the"), so the default n is long enough
+    to allow them and still cut degenerate loops. Sampling is deterministic for a given ``seed`` and batch.
+    """
+
+    strategy: str = "greedy"
+    num_beams: int = 3
+    top_p: float = 0.9
+    temperature: float = 1.0
+    max_new_tokens: int = 160
+    no_repeat_ngram_size: int = 8
+    batch_size: int = 64
+    seed: int = 0
+
+
+STRATEGIES = {
+    "greedy": lambda d: {"do_sample": False, "num_beams": 1},
+    "beam": lambda d: {"do_sample": False, "num_beams": d.num_beams, "early_stopping": True},
+    "nucleus": lambda d: {"do_sample": True, "top_p": d.top_p, "top_k": 0, "temperature": d.temperature},
+}
+"""Decoding strategy name -> ``generate`` keyword arguments (a registry, so new ones slot in)."""
+
+
+class ClipPrefixModel(torch.nn.Module):
+    """Mapper + causal LM; the CLIP vision tower stays outside (frozen, its features may be cached).
+
+    Mapper: CLIP tokens -> LayerNorm + Linear to the LM width (+ learned positions), then either
+    ``prefix_len`` learned queries that self-attend and cross-attend to all image tokens (a resampler, as
+    Flamingo's Perceiver Resampler and BLIP-2's Q-Former; ClipCap's transformer mapper with its learned
+    constants is the same idea), giving a short prefix whatever the patch count, or (``prefix_len=0``) a
+    transformer encoder over the image tokens whose outputs are the prefix itself.
+    """
+
+    def __init__(self, cfg: ClipPrefixConfig, lm: Any, vision_dim: int, n_tokens: int) -> None:
+        nn = torch.nn
+        super().__init__()
+        d = lm.config.hidden_size
+        self.cfg = cfg
+        self.proj = nn.Sequential(nn.LayerNorm(vision_dim), nn.Linear(vision_dim, d))
+        self.pos = nn.Parameter(torch.randn(1, n_tokens, d) * 0.02)
+        heads = max(1, d // 64)
+        if cfg.prefix_len > 0:
+            self.queries = nn.Parameter(torch.randn(1, cfg.prefix_len, d) * 0.02)
+            layer = nn.TransformerDecoderLayer(d, heads, 4 * d, dropout=cfg.dropout, batch_first=True,
+                                               norm_first=True)
+            self.mapper = nn.TransformerDecoder(layer, max(1, cfg.mapper_layers))
+        else:
+            self.queries = None
+            layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=cfg.dropout, batch_first=True,
+                                               norm_first=True)
+            self.mapper = nn.TransformerEncoder(layer, max(1, cfg.mapper_layers), enable_nested_tensor=False)
+        self.lm = lm
+
+    def prefix(self, feats: Any) -> Any:
+        """CLIP tokens ``(B, N, Dv)`` -> LM prefix embeddings ``(B, P, D)`` (P = prefix_len or N)."""
+        x = self.proj(feats.float()) + self.pos  # (B, N, D)
+        if self.queries is None:
+            return self.mapper(x)
+        return self.mapper(self.queries.expand(x.shape[0], -1, -1), x)  # (B, K, D)
+
+    def loss(self, feats: Any, ids: Any, lengths: Any) -> Any:
+        """LM loss on ``ids`` (``BOS caption EOS`` then padding) after the image prefix.
+
+        Masked on the prefix, on the BOS (given, not predicted) and on padding past each ``length``.
+        """
+        pre = self.prefix(feats)  # (B, P, D)
+        B, P, _ = pre.shape
+        T = ids.shape[1]
+        emb = self.lm.get_input_embeddings()(ids)  # (B, T, D)
+        valid = torch.arange(T, device=ids.device)[None, :] < lengths[:, None]  # (B, T)
+        labels = ids.masked_fill(~valid, -100)
+        labels[:, 0] = -100  # BOS is given
+        labels = torch.cat([torch.full((B, P), -100, dtype=ids.dtype, device=ids.device), labels], dim=1)
+        mask = torch.cat([torch.ones(B, P, dtype=torch.long, device=ids.device), valid.long()], dim=1)
+        return self.lm(inputs_embeds=torch.cat([pre, emb], dim=1), attention_mask=mask, labels=labels).loss
+
+
+# -- CLIP features --------------------------------------------------------------------------------------
+
+def clip_geometry(encoder: Any) -> tuple[int, tuple, tuple]:
+    """(input size, mean, std) of a CLIP's image processor, so training and inference prepare alike."""
+    p = encoder.image_processor
+    crop = getattr(p, "crop_size", None) or {}
+    size = crop.get("height") if isinstance(crop, dict) else None
+    size = size or encoder.model.config.vision_config.image_size
+    return int(size), tuple(p.image_mean), tuple(p.image_std)
+
+
+def n_image_tokens(cfg: ClipPrefixConfig, encoder: Any) -> int:
+    vc = encoder.model.config.vision_config
+    if cfg.prefix == "pooled":
+        return 1
+    side = vc.image_size // vc.patch_size // cfg.prefix_pool
+    return 1 + side * side
+
+
+def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig) -> Any:
+    """``uint8 (B,3,S,S)`` pixels -> the mapper's input ``(B, P, Dv)``; differentiable (see ``finetune_vision``)."""
+    from recaption.clip.data import normalize
+
+    _, mean, std = clip_geometry(encoder)
+    model = encoder.model
+    px = normalize(pixels.to(encoder.device), mean, std).to(model.dtype)
+    if cfg.prefix == "pooled":
+        f = model.get_image_features(pixel_values=px)
+        return getattr(f, "pooler_output", f)[:, None, :]
+    h = model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states[cfg.clip_layer]
+    if cfg.prefix_pool > 1:
+        cls, grid = h[:, :1], h[:, 1:]
+        B, N, D = grid.shape
+        s = int(round(N ** 0.5))
+        grid = grid.transpose(1, 2).reshape(B, D, s, s)
+        grid = torch.nn.functional.avg_pool2d(grid, cfg.prefix_pool).flatten(2).transpose(1, 2)
+        h = torch.cat([cls, grid], dim=1)
+    return h
+
+
+def clip_features(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, batch_size: int = 256) -> Any:
+    """``uint8 (N,3,S,S)`` pixels -> the mapper's input ``(N, P, Dv)`` (fp32, on CPU), without gradients."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(pixels), batch_size):
+            out.append(vision_tokens(encoder, pixels[i:i + batch_size], cfg).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def vision_params(encoder: Any, cfg: ClipPrefixConfig) -> list[Any]:
+    """The CLIP parameters a ``finetune_vision`` run trains (the vision tower, + projection if pooled)."""
+    m = encoder.model
+    return list(m.vision_model.parameters()) + (list(m.visual_projection.parameters())
+                                                if cfg.prefix == "pooled" else [])
+
+
+def vision_dim(cfg: ClipPrefixConfig, encoder: Any) -> int:
+    c = encoder.model.config
+    return c.projection_dim if cfg.prefix == "pooled" else c.vision_config.hidden_size
+
+
+# -- building, saving, loading ----------------------------------------------------------------------------
+
+def build_lm(cfg: ClipPrefixConfig, tokenizer: Any, n_image: int) -> Any:
+    """A pretrained causal LM (``cfg.lm``) or a tiny GPT-2 from scratch sized for prefix + caption."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    if cfg.lm:
+        return AutoModelForCausalLM.from_pretrained(cfg.lm)
+    conf = GPT2Config(vocab_size=len(tokenizer), n_positions=(cfg.prefix_len or n_image) + cfg.max_caption_tokens + 2,
+                      n_embd=cfg.lm_width, n_layer=cfg.lm_layers, n_head=cfg.lm_heads,
+                      resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(conf)
+
+
+def config_hash(d: dict) -> str:
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class ClipPrefixCaptioner:
+    """A trained clip-prefix checkpoint behind the :class:`~recaption.captioners.base.Captioner` protocol."""
+
+    name = KIND
+
+    def __init__(self, cfg: ClipPrefixConfig, model: ClipPrefixModel, tokenizer: Any, clip: Any,
+                 decode: DecodeConfig = DecodeConfig(), path: str = "", meta: dict | None = None) -> None:
+        self.cfg, self.model, self.tokenizer, self.clip = cfg, model, tokenizer, clip
+        self.decode = decode
+        self.path = path
+        self.meta = dict(meta or {})
+        self.version = self.meta.get("version") or f"{cfg.stage}-{config_hash(dataclasses.asdict(cfg))}"
+        self.device = clip.device
+
+    @property
+    def stage(self) -> str:
+        return self.cfg.stage
+
+    def provenance(self, mode: str) -> Provenance:
+        return Provenance.now(self.name, self.version, mode, None, stage=self.stage, path=self.path,
+                              decode=dataclasses.asdict(self.decode))
+
+    def _check(self, mode: str) -> None:
+        check_mode(mode)
+        if self.stage != "alt" and mode != self.stage:
+            raise CaptionerError(f"clip-prefix checkpoint {self.path or '?'} was fine-tuned for {self.stage!r} "
+                                 f"captions, not {mode!r}; load the {mode!r} checkpoint or a directory "
+                                 f"holding short/ and descriptive/")
+
+    def caption(self, images: list[Any], mode: str, decode: DecodeConfig | None = None) -> list[str]:
+        """One caption per RGB PIL image, decoded as ``decode`` (default: this captioner's)."""
+        import numpy as np
+
+        from recaption.clip.data import to_pixels
+
+        self._check(mode)
+        if not images:
+            return []
+        size, _, _ = clip_geometry(self.clip)
+        pixels = torch.from_numpy(np.stack([to_pixels(im, size) for im in images]))
+        return self.caption_features(clip_features(self.clip, pixels, self.cfg), decode)
+
+    def caption_features(self, feats: Any, decode: DecodeConfig | None = None) -> list[str]:
+        """Captions from precomputed mapper inputs ``(N, P, Dv)`` (see :func:`clip_features`)."""
+        ids = self.generate_ids(feats, decode)
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def generate_ids(self, feats: Any, decode: DecodeConfig | None = None) -> list[list[int]]:
+        """Generated token ids per image (EOS and padding removed)."""
+        d = decode or self.decode
+        if d.strategy not in STRATEGIES:
+            raise ValueError(f"decoding strategy must be one of {sorted(STRATEGIES)}, got {d.strategy!r}")
+        self.model.eval()
+        tok, lm = self.tokenizer, self.model.lm
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out: list[list[int]] = []
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
+            for bi, i in enumerate(range(0, len(feats), d.batch_size)):
+                torch.manual_seed(d.seed + bi)
+                pre = self.model.prefix(feats[i:i + d.batch_size].to(self.device))  # (B, P, D)
+                B = pre.shape[0]
+                b = lm.get_input_embeddings()(torch.full((B, 1), bos, device=self.device))
+                emb = torch.cat([pre, b], dim=1)
+                gen = lm.generate(inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long,
+                                                                             device=self.device),
+                                  max_new_tokens=d.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=pad,
+                                  no_repeat_ngram_size=d.no_repeat_ngram_size or None, **STRATEGIES[d.strategy](d))
+                for row in gen.tolist():
+                    if tok.eos_token_id in row:
+                        row = row[:row.index(tok.eos_token_id)]
+                    out.append(row)
+        return out
+
+    def save(self, path: str, extra: dict | None = None) -> None:
+        """Write the checkpoint (see the module docstring for the layout)."""
+        from safetensors.torch import save_model
+
+        os.makedirs(path, exist_ok=True)
+        cfg_dict = dataclasses.asdict(self.cfg)
+        meta = {"kind": KIND, "model": cfg_dict, "version": self.version, **(extra or {})}
+        with open(os.path.join(path, CONFIG_NAME), "w") as f:
+            json.dump(meta, f, indent=2, default=str)
+        save_model(self.model, os.path.join(path, WEIGHTS_NAME), metadata={"captioner": json.dumps(cfg_dict)})
+        self.model.lm.config.to_json_file(os.path.join(path, "lm_config.json"))
+        self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+        clip_dir = os.path.join(path, "clip")
+        if self.cfg.clip == "clip" and self.cfg.finetune_vision:
+            self.clip.save(clip_dir)  # the tuned tower
+            self.clip.name = clip_dir
+        elif self.cfg.clip == "clip" and os.path.abspath(self.clip.name) != os.path.abspath(clip_dir):
+            if os.path.isdir(self.clip.name):
+                shutil.copytree(self.clip.name, clip_dir, dirs_exist_ok=True)
+            else:
+                self.clip.save(clip_dir)
+            self.clip.name = clip_dir
+
+
+def resolve_clip_path(cfg: ClipPrefixConfig, ckpt: str) -> str:
+    return os.path.join(ckpt, "clip") if cfg.clip == "clip" else cfg.clip
+
+
+def read_config(path: str) -> dict:
+    """The ``captioner.json`` of a checkpoint directory (FileNotFoundError naming it when absent)."""
+    p = os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"{path!r} is not a clip-prefix checkpoint (no {CONFIG_NAME})")
+    with open(p) as f:
+        return json.load(f)
+
+
+def load_clip_prefix(path: str, device: str = "cpu", dtype: str | None = None,
+                     decode: DecodeConfig | None = None) -> ClipPrefixCaptioner:
+    """Load a checkpoint written by :meth:`ClipPrefixCaptioner.save`."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from recaption.clip import load_clip
+
+    meta = read_config(path)
+    cfg = ClipPrefixConfig(**meta["model"])
+    clip = load_clip(resolve_clip_path(cfg, path), device=device, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+    lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(os.path.join(path, "lm_config.json")))
+    model = ClipPrefixModel(cfg, lm, vision_dim(cfg, clip), n_image_tokens(cfg, clip))
+    load_model(model, os.path.join(path, WEIGHTS_NAME), device=device)
+    model.to(device).eval()
+    return ClipPrefixCaptioner(cfg, model, tok, clip, decode or DecodeConfig(), path=path, meta=meta)
+
+
+class ModeRouter:
+    """One captioner over per-mode checkpoints: ``caption(images, mode)`` goes to ``captioners[mode]``."""
+
+    name = KIND
+
+    def __init__(self, captioners: dict[str, Any]) -> None:
+        if not captioners:
+            raise ValueError("ModeRouter needs at least one mode")
+        self.captioners = dict(captioners)
+        self.version = "+".join(f"{m}:{c.version}" for m, c in sorted(self.captioners.items()))
+
+    def caption(self, images: list[Any], mode: str) -> list[str]:
+        check_mode(mode)
+        if mode not in self.captioners:
+            raise CaptionerError(f"no {mode!r} checkpoint here (have: {', '.join(sorted(self.captioners))})")
+        return self.captioners[mode].caption(images, mode)
+
+    def provenance(self, mode: str) -> Provenance:
+        check_mode(mode)
+        return self.captioners[mode].provenance(mode)
+
+
+def load_clip_prefix_dir(path: str, device: str = "cpu", dtype: str | None = None) -> Any:
+    """A checkpoint dir, or a dir with ``short/`` and/or ``descriptive/`` checkpoints (-> ModeRouter)."""
+    if os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        return load_clip_prefix(path, device, dtype)
+    subs = {m: os.path.join(path, m) for m in ("short", "descriptive")
+            if os.path.isfile(os.path.join(path, m, CONFIG_NAME))}
+    if not subs:
+        raise FileNotFoundError(f"{path!r} holds no clip-prefix checkpoint ({CONFIG_NAME}, or short/ and "
+                                f"descriptive/ sub-directories with one)")
+    return ModeRouter({m: load_clip_prefix(p, device, dtype) for m, p in subs.items()})

@@ -1,0 +1,55 @@
+"""The captioner commands end to end: clip train -> captioner train (3 stages) -> caption -> audit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from recaption.captioners.testing import world_records  # noqa: E402
+from recaption.cli import main  # noqa: E402
+
+
+def run(args):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    return e.value.code
+
+
+@pytest.mark.slow
+def test_three_stages_caption_and_audit(tmp_path):
+    from recaption.io import open_writer
+
+    data = tmp_path / "data"
+    with open_writer(str(data), "folder") as w:
+        for r in world_records(24, seed=9):
+            w.write(r)
+    assert run(["clip", "train", "--data", str(data), "--out", str(tmp_path / "clip"), "--steps", "2",
+                "--batch-size", "8", "--heldout", "4"]) == 0
+    assert run(["captioner", "train", "--stage", "alt", "--data", str(data), "--out", str(tmp_path / "alt"),
+                "--clip", str(tmp_path / "clip"), "--steps", "2", "--batch-size", "4"]) == 0
+    assert run(["captioner", "train", "--stage", "short", "--data", str(data), "--out", str(tmp_path / "m" / "short"),
+                "--init", str(tmp_path / "alt"), "--steps", "2", "--finetune-size", "5"]) == 0
+    assert run(["captioner", "train", "--stage", "descriptive", "--data", str(data),
+                "--out", str(tmp_path / "m" / "descriptive"), "--init", str(tmp_path / "m" / "short"),
+                "--steps", "2", "--finetune-size", "0.2"]) == 0
+    assert len(json.load(open(tmp_path / "m" / "descriptive" / "finetune_keys.json"))) == 5
+    caps = tmp_path / "caps.jsonl"
+    assert run(["caption", "--captioner", str(tmp_path / "m"), "--mode", "descriptive", "--input", str(data),
+                "--out", str(caps), "--batch-size", "16", "--limit", "10"]) == 0
+    lines = [json.loads(x) for x in caps.read_text().splitlines()]
+    assert len(lines) == 10 and {x["mode"] for x in lines} == {"descriptive"}
+    assert lines[0]["provenance"]["captioner"] == "clip-prefix" and lines[0]["provenance"]["extra"]["stage"] == \
+        "descriptive"
+    assert run(["audit", "--input", str(data), "--captions", str(caps), "--out", str(tmp_path / "a.json")]) == 0
+    rep = json.load(open(tmp_path / "a.json"))
+    assert rep["matched"] == 10 and "attribute_recall" in rep
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert run(["captioner", "train", "--stage", "short", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--init" in capsys.readouterr().err
+    assert run(["caption", "--captioner", str(tmp_path / "none"), "--mode", "short", "--input", str(tmp_path),
+                "--out", str(tmp_path / "c.jsonl")]) == 2

@@ -1,0 +1,257 @@
+"""The clip-prefix captioner: training stages, truth isolation, loss masking, resume, decoding, loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from recaption.captioners import Captioner, CaptionerError, load_captioner  # noqa: E402
+from recaption.captioners.clip_prefix import (  # noqa: E402
+    ClipPrefixConfig,
+    DecodeConfig,
+    ModeRouter,
+    load_clip_prefix,
+)
+from recaption.captioners.testing import TINY_PREFIX, tiny_clip, world_records  # noqa: E402
+from recaption.captioners.train_prefix import (  # noqa: E402
+    CaptionerTrainConfig,
+    select_examples,
+    train_captioner,
+)
+from recaption.records import Record  # noqa: E402
+
+
+class TrapMeta(dict):
+    """A meta dict that fails the test when anything reads its 'world' entry (the truth)."""
+
+    def __getitem__(self, k):
+        if k == "world":
+            raise AssertionError("meta['world'] was read")
+        return super().__getitem__(k)
+
+    def get(self, k, default=None):
+        if k == "world":
+            raise AssertionError("meta['world'] was read")
+        return super().get(k, default)
+
+    def __contains__(self, k):
+        if k == "world":
+            raise AssertionError("meta['world'] was read")
+        return super().__contains__(k)
+
+
+def trapped(records):
+    return [Record(key=r.key, image=r.image, captions=dict(r.captions), meta=TrapMeta(r.meta)) for r in records]
+
+
+@pytest.fixture(scope="module")
+def records():
+    return world_records(40, seed=11)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory, records):
+    return tiny_clip(str(tmp_path_factory.mktemp("clip")), records)
+
+
+def _alt(out, records, clip_dir, steps=4, **train):
+    return train_captioner(records, str(out), CaptionerTrainConfig(stage="alt", steps=steps, batch_size=8, warmup=1,
+                                                                   **train),
+                           clip=clip_dir, model_cfg=ClipPrefixConfig(**TINY_PREFIX))
+
+
+@pytest.fixture(scope="module")
+def alt_dir(tmp_path_factory, records, clip_dir):
+    out = tmp_path_factory.mktemp("alt")
+    _alt(out, trapped(records), clip_dir)  # stage 1 must never touch the truth
+    return str(out)
+
+
+def test_stage1_trains_saves_and_loads_without_reading_truth(alt_dir, records):
+    meta = json.load(open(os.path.join(alt_dir, "captioner.json")))
+    assert meta["kind"] == "clip-prefix" and meta["model"]["stage"] == "alt"
+    assert meta["train"]["stage"] == "alt" and meta["metrics"]["examples"] == len(records)
+    for f in ("model.safetensors", "lm_config.json", "tokenizer/tokenizer.json", "clip/config.json", "train_state.pt"):
+        assert os.path.exists(os.path.join(alt_dir, f)), f
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(alt_dir, "model.safetensors"), "pt") as f:  # config inside too
+        assert json.loads(f.metadata()["captioner"])["stage"] == "alt"
+    cap = load_captioner(alt_dir)
+    assert isinstance(cap, Captioner)
+    out = cap.caption([r.pil() for r in records[:3]], "short")
+    assert len(out) == 3 and all(isinstance(c, str) for c in out)
+    # the alt baseline answers any mode, and says which stage wrote it
+    assert cap.provenance("descriptive").extra["stage"] == "alt"
+
+
+@pytest.mark.parametrize("size,expect", [("0.25", 10), ("7", 7), (0.1, 4)])
+def test_finetune_subset_is_exact_seeded_and_only_its_truth_is_read(records, monkeypatch, size, expect):
+    import recaption.world as world
+
+    read = []
+    real = world.truth_caption
+    monkeypatch.setattr(world, "truth_caption", lambda r, f="descriptive": read.append(r.key) or real(r, f))
+    chosen, texts = select_examples(records, "descriptive", size, seed=3)
+    assert len(chosen) == expect and sorted(read) == sorted(r.key for r in chosen)
+    assert texts == [real(r, "descriptive") for r in chosen]
+    again, _ = select_examples(list(reversed(records)), "descriptive", size, seed=3)
+    assert {r.key for r in again} == {r.key for r in chosen}  # order of the data does not matter
+    other, _ = select_examples(records, "descriptive", size, seed=4)
+    assert {r.key for r in other} != {r.key for r in chosen}
+
+
+def test_stage1_select_reads_alt_only(records):
+    chosen, texts = select_examples(trapped(records), "alt")
+    assert texts == [r.captions["alt"] for r in records]
+
+
+def test_finetune_stage_writes_subset_and_refuses_other_mode(tmp_path, alt_dir, records):
+    out = tmp_path / "desc"
+    m = train_captioner(records, str(out), CaptionerTrainConfig(stage="descriptive", steps=3, batch_size=8, warmup=1,
+                                                                finetune_size="6"), init=alt_dir)
+    assert m["examples"] == 6
+    assert len(json.load(open(out / "finetune_keys.json"))) == 6
+    cap = load_captioner(str(out))
+    assert cap.stage == "descriptive"
+    with pytest.raises(CaptionerError, match="descriptive"):
+        cap.caption([records[0].pil()], "short")
+    # a directory with short/ + descriptive/ routes each mode to its checkpoint
+    os.makedirs(tmp_path / "both")
+    os.symlink(out, tmp_path / "both" / "descriptive")
+    os.symlink(alt_dir, tmp_path / "both" / "short")
+    router = load_captioner(str(tmp_path / "both"))
+    assert isinstance(router, ModeRouter)
+    assert len(router.caption([records[0].pil()], "descriptive")) == 1
+
+
+def test_finetune_needs_init(tmp_path, records):
+    with pytest.raises(ValueError, match="--init"):
+        train_captioner(records, str(tmp_path / "x"), CaptionerTrainConfig(stage="short", steps=1))
+
+
+def test_pairs_file_replaces_truth(tmp_path, alt_dir, records):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"key": r.key, "caption": "a user caption"}) + "\n" for r in records[:5]))
+    chosen, texts = select_examples(trapped(records), "short", pairs={r.key: "x" for r in records[:5]})
+    assert len(chosen) == 5
+    m = train_captioner(trapped(records), str(tmp_path / "s"), CaptionerTrainConfig(stage="short", steps=2,
+                                                                                    batch_size=4, warmup=1),
+                        init=alt_dir, pairs=str(pairs))
+    assert m["examples"] == 5
+
+
+def test_loss_is_masked_on_padding(alt_dir):
+    cap = load_clip_prefix(alt_dir)
+    model = cap.model.eval()
+    feats = torch.randn(2, 1 + (64 // 8) ** 2, model.proj[0].normalized_shape[0])
+    ids = torch.randint(4, 50, (2, 9))
+    lengths = torch.tensor([5, 9])
+    a = model.loss(feats, ids, lengths)
+    ids2 = ids.clone()
+    ids2[0, 5:] = torch.randint(4, 50, (4,))  # change only padding positions of row 0
+    b = model.loss(feats, ids2, lengths)
+    assert torch.allclose(a, b)
+    ids3 = ids.clone()
+    ids3[0, 2] = (ids[0, 2] + 1) % 50 + 4  # a real token changes the loss
+    assert not torch.allclose(a, model.loss(feats, ids3, lengths))
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path, records, clip_dir, monkeypatch):
+    _alt(tmp_path / "straight", records, clip_dir, steps=6, save_every=3)
+    calls = {"n": 0}
+    real = torch.nn.utils.clip_grad_norm_
+
+    def crash_at_5(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real)
+    m = _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3)
+    assert m["resumed_from"] == 3
+    a = load_clip_prefix(str(tmp_path / "straight")).model.state_dict()
+    b = load_clip_prefix(str(tmp_path / "resumed")).model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.fixture(scope="module")
+def cap(alt_dir):
+    return load_clip_prefix(alt_dir)
+
+
+@pytest.fixture(scope="module")
+def feats(cap, records):
+    from recaption.captioners.clip_prefix import clip_features
+    from recaption.clip.data import load_pixels
+
+    return clip_features(cap.clip, load_pixels(records[:6], 64), cap.cfg)
+
+
+def test_greedy_is_deterministic_and_batching_does_not_change_it(cap, feats):
+    d = DecodeConfig(max_new_tokens=12)
+    a = cap.caption_features(feats, d)
+    assert a == cap.caption_features(feats, d)
+    assert a == cap.caption_features(feats, dataclasses.replace(d, batch_size=1))
+
+
+def test_nucleus_sampling_is_seeded_and_top_p_shapes_the_distribution(cap, feats):
+    f = feats[:1].expand(24, -1, -1)  # one image, 24 samples
+    d = DecodeConfig(strategy="nucleus", top_p=1.0, max_new_tokens=8, seed=1)
+    wide = cap.caption_features(f, d)
+    assert wide == cap.caption_features(f, d)  # same seed, same samples
+    assert wide != cap.caption_features(f, dataclasses.replace(d, seed=2))
+    narrow = cap.caption_features(f, dataclasses.replace(d, top_p=1e-6))
+    greedy = cap.caption_features(feats[:1], DecodeConfig(max_new_tokens=8))
+    assert set(narrow) == set(greedy)  # top-p -> 0 keeps only the most likely token
+    assert len(set(wide)) > len(set(narrow))
+
+
+def _has_repeat(ids, n):
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_beam_max_length_and_repetition_guard(cap, feats):
+    beam = cap.caption_features(feats, DecodeConfig(strategy="beam", num_beams=3, max_new_tokens=6))
+    assert len(beam) == len(feats)
+    assert all(len(ids) <= 5 for ids in cap.generate_ids(feats, DecodeConfig(max_new_tokens=5)))
+    loose = cap.generate_ids(feats, DecodeConfig(max_new_tokens=40, no_repeat_ngram_size=0))
+    guarded = cap.generate_ids(feats, DecodeConfig(max_new_tokens=40, no_repeat_ngram_size=2))
+    assert any(_has_repeat(ids, 2) for ids in loose)  # a barely trained model loops...
+    assert not any(_has_repeat(ids, 2) for ids in guarded)  # ...and the guard stops it
+
+
+def test_bad_mode_and_strategy(cap, feats, records):
+    with pytest.raises(ValueError, match="mode"):
+        cap.caption([records[0].pil()], "long")
+    with pytest.raises(ValueError, match="strategy"):
+        cap.caption_features(feats, DecodeConfig(strategy="psychic"))
+
+
+def test_frozen_clip_is_kept_and_tuned_clip_is_saved(tmp_path, records, clip_dir, alt_dir):
+    from safetensors.torch import load_file
+
+    def vision(d):
+        return {k: v for k, v in load_file(os.path.join(d, "model.safetensors")).items() if "vision_model" in k}
+
+    base = vision(clip_dir)
+    train_captioner(records, str(tmp_path / "frozen"), CaptionerTrainConfig(stage="alt", steps=2, batch_size=8),
+                    clip=clip_dir, model_cfg=ClipPrefixConfig(**{**TINY_PREFIX, "finetune_vision": False,
+                                                                 "prefix_len": 0}))
+    frozen = vision(str(tmp_path / "frozen" / "clip"))
+    assert all(torch.equal(base[k], frozen[k]) for k in base)
+    tuned = vision(os.path.join(alt_dir, "clip"))  # TINY_PREFIX tunes the vision tower
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+    assert len(load_captioner(str(tmp_path / "frozen")).caption([records[0].pil()], "short")) == 1
