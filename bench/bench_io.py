@@ -1,6 +1,6 @@
 """Reader and writer throughput per format (records/s) on synthetic 64 px records.
 
-    python bench/bench_io.py [--n 5000] [--size 64] [--out bench/RESULTS_io.md]
+    python bench/bench_io.py [--n 5000] [--size 64] [--out FILE.md]  (then copy the figures into bench/RESULTS.md)
 
 Writes each format once from the same records (timed), then reads each back three ways: records only
 (bytes, captions, metadata), records + PIL decode to RGB, and `recaption.io.info` (a full pass).

@@ -1,6 +1,6 @@
 """Recaption job throughput against the bare captioner, and kill -9 / resume at scale.
 
-    python bench/bench_pipeline.py [--n 1024] [--batch-size 32] [--out bench/RESULTS_pipeline.md]
+    python bench/bench_pipeline.py [--n 1024] [--batch-size 32] [--out FILE.md]  (then copy the figures into bench/RESULTS.md)
     python bench/bench_pipeline.py --kill-test 5000 --kills 10     # appends the resume check
 
 Throughput: a clip-prefix captioner of the shapes world's default size (CLIP ViT 4x128 at 64 px, patch

@@ -59,7 +59,7 @@ class ClipPrefixConfig:
     ``lm``: a pretrained causal LM name or path, or ``""`` for a tiny GPT-2 from scratch of ``lm_*`` size.
     ``prefix_len``: 0 (default) gives the LM every image token (class + 64 patches at 64 px / patch 8); a
     resampler of K queries is cheaper for the LM but was a bottleneck in the world: with 8 queries a toy
-    captioner named colours only (39% exact), with all tokens it was exact on 100% (bench/RESULTS_captioner.md).
+    captioner named colours only (39% exact), with all tokens it was exact on 100% (bench/RESULTS.md).
     ``finetune_vision``: also train the CLIP vision tower (the paper allows the captioner to fine-tune its
     encoder); features are then computed each step and the tuned tower is saved in ``clip/``. Off by
     default: frozen features are cached once, which makes a stage several times cheaper.

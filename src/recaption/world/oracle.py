@@ -14,7 +14,7 @@ Analysis by synthesis, one grid cell at a time:
 5. shape, size and fill: the renderer's coverage template (cached per image size), sharp or blurred, that
    best matches the coverage, aligned on the centroid (with a +-1 px search).
 
-On clean renders at 64 px this recovers the exact scene (bench/RESULTS_world.md: 1000/1000); on softer
+On clean renders at 64 px this recovers the exact scene (bench/RESULTS.md: 1000/1000); on softer
 images (blur, resampling, a model's output) it returns the nearest scene.
 """
 
