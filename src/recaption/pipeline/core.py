@@ -110,6 +110,16 @@ class Plan:
     def is_done(self, name: str) -> bool:
         return name in self.done
 
+    def pending(self, summary: Summary) -> list[int]:
+        """Indices of units still to run; finished whole-shard units are credited to ``summary`` instead."""
+        todo = []
+        for i, u in enumerate(self.units):
+            if u.part_size <= 0 and self.is_done(u.sid):
+                summary.add_part(self.done[u.sid], fresh=False)
+            else:
+                todo.append(i)
+        return todo
+
 
 def _folder_sid(root: str, shard: str) -> str:
     _, r = _fs.url_to_fs(root)

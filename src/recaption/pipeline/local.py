@@ -291,12 +291,7 @@ def run_local_processes(cfg: RunConfig, captioner: Any, plan: Plan, total: int |
     if cfg.max_images is not None:
         raise RecordError("--max-images works with one worker only")
     summary = Summary()
-    todo = []
-    for i, u in enumerate(plan.units):
-        if u.part_size <= 0 and plan.is_done(u.sid):
-            summary.add_part(plan.done[u.sid], fresh=False)
-        else:
-            todo.append(i)
+    todo = plan.pending(summary)
     if not todo:
         return summary
     with tqdm(total=total, unit="img", desc=f"recaption ({cfg.workers} workers)", disable=not cfg.progress) as bar, \

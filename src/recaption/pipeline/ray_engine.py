@@ -71,12 +71,7 @@ def run_ray(cfg: RunConfig, captioner: Any, plan: Plan, total: int | None = None
     ctx.enable_progress_bars = False
 
     summary = Summary()
-    todo = []
-    for i, u in enumerate(plan.units):
-        if u.part_size <= 0 and plan.is_done(u.sid):
-            summary.add_part(plan.done[u.sid], fresh=False)
-        else:
-            todo.append(i)
+    todo = plan.pending(summary)
     if not todo:
         return summary
     ds = ray.data.from_items([{"unit": i} for i in todo], override_num_blocks=len(todo))
