@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from recaption.captioners.caption_file import read_captions
 from recaption.records import Record, RecordError
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,8 @@ class CaptionerTrainConfig:
 
 
 def read_pairs(path: str) -> dict[str, str]:
-    """A JSONL file of ``{"key": ..., "caption": ...}`` lines -> {key: caption}."""
-    pairs: dict[str, str] = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                pairs[str(d["key"])] = str(d["caption"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise RecordError(f"{path}:{n}: expected a JSON object with 'key' and 'caption' ({e})") from e
+    """A JSONL file of ``{"key": ..., "caption": ...}`` lines -> {key: caption}; refuses a file with none."""
+    pairs = read_captions(path)
     if not pairs:
         raise RecordError(f"{path}: no caption pairs")
     return pairs
