@@ -268,6 +268,11 @@ def test_skip_existing_and_max_images(tmp_path):
                  max_images=15, modes=("short",)), FakeCaptioner())
     assert s.captioned == {"short": 15} and s.records == 15
     assert len(list(rio.read_records(str(tmp_path / "out3")))) == 15
+    # several workers asked: a capped trial runs in one process and stops at the same record
+    s = run(_cfg(tmp_path, input=str(tmp_path / "out"), output=str(tmp_path / "out4"), skip_existing=False,
+                 max_images=15, modes=("short",), workers=2), FakeCaptioner())
+    assert s.records == 15
+    assert [r.key for r in rio.read_records(str(tmp_path / "out4"))] == [r.key for r in recs[:15]]
     # the part cut short by max_images is redone by a later full run; nothing is duplicated
     s = run(_cfg(tmp_path, input=str(tmp_path / "out"), output=str(tmp_path / "out3"), skip_existing=False,
                  modes=("short",)), FakeCaptioner())
@@ -374,3 +379,25 @@ def test_fsspec_urls_in_and_out():
     out = list(rio.read_records("memory://pipe-test/out"))
     assert [r.captions["short"] for r in out] == [caption_of(r.pil(), "short") for r in recs]
     assert run(cfg, HashCaptioner()).parts_skipped == 3
+
+
+def test_parquet_row_with_a_lost_image_file_is_an_error_record(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    good = [r for r in synthetic_records(3, seed=5)]
+    for r in good:
+        (tmp_path / "in" / f"{r.key}.{r.image_ext}").write_bytes(r.image)
+    keys = [r.key for r in good] + ["lost"]
+    paths = [f"{r.key}.{r.image_ext}" for r in good] + ["lost.png"]
+    pq.write_table(pa.table({"key": keys, "image_path": paths, "caption": [f"alt {k}" for k in keys]}),
+                   tmp_path / "in" / "rows.parquet")
+    s = run(_cfg(tmp_path, input=str(tmp_path / "in" / "rows.parquet"), output_format="parquet"),
+            FakeCaptioner())
+    out = {r.key: r for r in rio.read_records(str(tmp_path / "out"))}
+    assert sorted(out) == sorted(keys) and s.records == 4 and not s.failed_shards
+    assert "image file 'lost.png' not found" in out["lost"].error and "short" not in out["lost"].captions
+    assert out["lost"].captions["alt"] == "alt lost"
+    for r in good:
+        assert out[r.key].error is None and out[r.key].captions["short"].startswith("short ")

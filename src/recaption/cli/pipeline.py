@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         decode_workers: int = typer.Option(2, help="Background image-decode threads (per captioner worker)."),
         prefetch: int = typer.Option(4, help="Batches decoded ahead of the captioner."),
         num_gpus_per_worker: float = typer.Option(0.0, help="GPUs per captioner actor (ray engine)."),
-        max_images: int = typer.Option(None, help="Stop after this many input images."),
+        max_images: int = typer.Option(None, help="Stop after this many input images (a trial: runs in one local process)."),
         skip_existing: bool = typer.Option(True, "--skip-existing/--recaption-existing", help="Keep captions records already have in a requested mode."),
         overwrite: bool = typer.Option(False, help="Redo everything, ignoring finished output shards."),
         fail_on_error: bool = typer.Option(False, help="Exit 1 if any record ends with an error."),

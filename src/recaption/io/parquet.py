@@ -137,8 +137,12 @@ def _to_record(d: dict[str, Any], roles: dict[str, Any], fs: Any, parent: str, s
         image, path = None, image
     if image is None and path is None and roles["path"]:
         path = d.get(roles["path"])
+    missing = None
     if image is None and path:
-        image = _read_path(fs, parent, path, where)
+        try:
+            image = _read_path(fs, parent, path, where)
+        except RecordError as e:  # one row's lost file is that record's error, not the shard's end
+            missing = str(e)
     ext = d.get(roles["ext"]) if roles["ext"] else None
     if not ext:
         ext = path.rsplit(".", 1)[-1] if path and "." in _fs.basename(path) else (sniff_ext(image) if image else "png")
@@ -171,7 +175,7 @@ def _to_record(d: dict[str, Any], roles: dict[str, Any], fs: Any, parent: str, s
             continue
         rec.meta[n] = _jsonable(v)
     if image is None and rec.error is None:
-        raise RecordError(f"{where}: record has no image")
+        rec.error = missing or f"{where}: record has no image"
     return rec
 
 

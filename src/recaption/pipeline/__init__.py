@@ -20,6 +20,7 @@ and ``summary.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -92,6 +93,12 @@ def run(cfg: RunConfig, captioner: Any = None) -> Summary:
         raise RecordError(f"input and output are the same folder: {cfg.input}")
     if Image.MAX_IMAGE_PIXELS is not None and cfg.max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = cfg.max_pixels  # PIL refuses at 2x its own limit; ours is the one applied
+    if cfg.max_images is not None and (cfg.workers > 1 or cfg.engine != "local"):
+        # a capped run is a trial: "the first N records in input order" is one reader's notion, so it runs
+        # in this process (several workers would each need the others' counts to know where to stop)
+        log.warning("--max-images %d: running in one local process (engine %s, %d workers asked)",
+                    cfg.max_images, cfg.engine, cfg.workers)
+        cfg = dataclasses.replace(cfg, engine="local", workers=1)
     t0 = time.perf_counter()
     plan = make_plan(cfg)
     check_run_config(cfg, plan)
