@@ -35,6 +35,10 @@ log = logging.getLogger("world_t2i")
 FULL = dict(n_train=30000, n_heldout=300, vae="vae-world-large", vae_steps=20000, vae_batch=128, vae_lr=1e-3,
             vae_minutes=2.0, text_steps=1000, unet="unet-world-large", unet_steps=20000, unet_batch=256, lr=3e-4,
             unet_minutes=3.0, sample_steps=25, guidances=(1.0, 2.0, 3.0, 5.0), seeds_per_prompt=4, workers=16)
+# Two CPU cores, about an hour: the small world VAE and U-Net, time-boxed (steps are upper bounds).
+CPU = dict(n_train=10000, n_heldout=300, vae="vae-world", vae_steps=20000, vae_batch=32, vae_lr=1e-3,
+           vae_minutes=25.0, text_steps=600, unet="unet-world", unet_steps=20000, unet_batch=64, lr=3e-4,
+           unet_minutes=20.0, sample_steps=25, guidances=(1.0, 2.0, 3.0, 5.0), seeds_per_prompt=4, workers=2)
 QUICK = dict(n_train=400, n_heldout=24, vae="vae-world", vae_steps=12, vae_batch=16, vae_lr=1e-3, vae_minutes=0.0,
              text_steps=10, unet="unet-world", unet_steps=12, unet_batch=16, lr=3e-4, unet_minutes=0.0,
              sample_steps=8, guidances=(2.0,), seeds_per_prompt=1, workers=2)
@@ -107,6 +111,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/world_t2i")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test (~2 min); figures meaningless")
+    ap.add_argument("--preset", choices=("full", "cpu"), default="full",
+                    help="full: one GPU, ~8 min; cpu: two CPU cores, about an hour")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--text-mode", default="pretrain", choices=("pretrain", "joint"))
     ap.add_argument("--latent-channels", type=int, default=4)
     ap.add_argument("--unet-steps", type=int, default=0, help="override the preset")
@@ -118,13 +125,15 @@ def main() -> None:
     ap.add_argument("--results", default="", help="also write results.json here after every stage")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    P = dict(QUICK if args.quick else FULL)
+    P = dict(QUICK if args.quick else CPU if args.preset == "cpu" else FULL)
     for k in ("unet_steps", "vae_steps", "n_train", "vae_minutes", "unet_minutes"):
         if getattr(args, k):
             P[k] = getattr(args, k)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    if args.quick and not cuda:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif args.quick and not cuda:
         torch.set_num_threads(1)  # a shared 2-core machine: one thread keeps OpenMP from spin-waiting
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -133,7 +142,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res: dict = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
-                 "preset": "quick" if args.quick else "full", **{k: v for k, v in P.items()},
+                 "preset": "quick" if args.quick else args.preset, **{k: v for k, v in P.items()},
                  "text_mode": args.text_mode, "latent_channels": args.latent_channels, "timings_s": {}}
     T = res["timings_s"]
     t0 = time.time()

@@ -53,22 +53,36 @@ def train(
     n_embd: int = typer.Option(128),
     n_head: int = typer.Option(4),
     vocab_size: int = typer.Option(600),
-    limit: int = typer.Option(None, help="Use at most this many pairs."),
+    n_positions: int = typer.Option(320, help="Context length; an edit sequence holds two descriptions."),
+    edit_share: float = typer.Option(0.5, help="Share of training steps on follow-up edits (world records "
+                                               "only: a JSONL of pairs has no scenes to edit)."),
+    arch: str = typer.Option("gpt2", help="gpt2 (learned positions) or llama (rotary positions; reached a lower "
+                                          "loss in the same CPU minutes, see bench/RESULTS_upsample.md)."),
+    bucket: bool = typer.Option(True, help="Batch sequences of similar length (less padding)."),
+    limit: int = typer.Option(None, help="Use at most this many records or pairs."),
     seed: int = typer.Option(0),
     threads: int = typer.Option(None, help="torch threads (1 is fastest for tiny models on a busy machine)."),
 ) -> None:
-    """Train a small GPT-2 on world text to turn short captions into descriptive ones."""
-    from recaption.upsample.world_lm import WorldLMConfig, load_pairs, train_world_lm
+    """Train a small GPT-2 on world text to turn short captions into descriptive ones and to rewrite a
+    description for a follow-up request ("make the star bigger")."""
+    from recaption.upsample.world_lm import WorldLMConfig, load_training_text, train_world_lm
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
 
-    cfg = WorldLMConfig(steps=steps, batch_size=batch_size, lr=lr, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                        vocab_size=vocab_size, seed=seed)
-    path = train_world_lm(load_pairs(data, limit=limit), out, cfg)
-    typer.echo(f"world upsampler -> {path}")
+    from recaption.cli import UserError
+
+    try:
+        cfg = WorldLMConfig(steps=steps, batch_size=batch_size, lr=lr, n_layer=n_layer, n_embd=n_embd,
+                            n_head=n_head, vocab_size=vocab_size, seed=seed, n_positions=n_positions,
+                            edit_share=edit_share, arch=arch, bucket=bucket)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    pairs, edits = load_training_text(data, limit=limit, edits=edit_share > 0, seed=seed)
+    path = train_world_lm(pairs, out, cfg, edits=edits)
+    typer.echo(f"world upsampler -> {path} ({len(pairs)} pairs, {len(edits)} follow-up edits)")
 
 
 def register(app: typer.Typer) -> None:
