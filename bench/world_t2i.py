@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--preset", choices=("full", "cpu"), default="full",
                     help="full: one GPU, ~8 min; cpu: two CPU cores, about an hour")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--vae-only", action="store_true",
+                    help="stop after the VAE and its exact-scene rate (later runs --reuse it, e.g. one per text mode)")
     ap.add_argument("--text-mode", default="pretrain", choices=("pretrain", "joint"))
     ap.add_argument("--latent-channels", type=int, default=4)
     ap.add_argument("--unet-steps", type=int, default=0, help="override the preset")
@@ -183,6 +185,9 @@ def main() -> None:
     T["vae_eval"] = round(time.time() - t, 1)
     log.info("VAE: exact-scene rate on held-out reconstructions %.3f", res["vae_exact_scene_rate"])
     dump()
+    if args.vae_only:
+        print(json.dumps(res, indent=2))
+        return
 
     # 3. U-Net on blended (true) descriptive captions
     from recaption.t2i.train import train_t2i
