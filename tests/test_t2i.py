@@ -377,3 +377,27 @@ def test_vae_train_and_cli_round_trip(tmp_path):
           "--batch-size", "4", "--image-size", "16", "--sample-every", "0", "--cache-dir", str(tmp_path / "c"),
           "--seed", "1"])
     assert (tmp_path / "run" / "unet" / "config.json").exists()
+
+
+def test_vae_time_box_stops_at_the_first_step_past_it(tmp_path):
+    """The VAE's time box is checked every step (a slow step must not run on to the next log step)."""
+    import csv
+
+    from diffusers import AutoencoderKL
+
+    from recaption.t2i.config import VAE_SIZES, VAETrainConfig
+    from recaption.t2i.vae import train_vae
+
+    data = tmp_path / "data"
+    from recaption.io import open_writer
+
+    with open_writer(str(data), "folder") as w:
+        for r in make_records(8):
+            w.write(r)
+    cfg = VAETrainConfig(data=str(data), out=str(tmp_path / "vae"), vae=VAE_SIZES["vae-tiny"], steps=50,
+                         batch_size=4, image_size=16, log_every=20, max_minutes=1e-9)
+    train_vae(cfg)
+    with (tmp_path / "vae" / "logs" / "train.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(float(r["step"])) for r in rows] == [1]  # stopped after one step, and that step is logged
+    assert AutoencoderKL.from_pretrained(tmp_path / "vae").config.scaling_factor != 1.0

@@ -69,10 +69,11 @@ def train_vae(cfg: VAETrainConfig, records: Iterable[Record] | None = None,
             n = (step % cfg.log_every) + 1
             runlog.log(step + 1, {"loss": float(running) / n, "lr": lr})
             running.zero_()
-            if cfg.max_minutes and time.monotonic() - t_start > 60 * cfg.max_minutes:
-                log.warning("max_minutes=%g reached: stopping at step %d of %d", cfg.max_minutes, step + 1,
-                            cfg.steps)
-                break
+        if cfg.max_minutes and time.monotonic() - t_start > 60 * cfg.max_minutes:  # every step: steps can be slow
+            if (step + 1) % cfg.log_every:
+                runlog.log(step + 1, {"loss": float(running) / ((step % cfg.log_every) + 1), "lr": lr})
+            log.warning("max_minutes=%g reached: stopping at step %d of %d", cfg.max_minutes, step + 1, cfg.steps)
+            break
     vae.eval()
     sf = 1.0 / latent_std(vae, pixels[:2048])
     vae.register_to_config(scaling_factor=sf)
