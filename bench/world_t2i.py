@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--unet-steps", type=int, default=0, help="override the preset")
     ap.add_argument("--vae-steps", type=int, default=0, help="override the preset")
     ap.add_argument("--n-train", type=int, default=0, help="override the preset")
+    ap.add_argument("--text-steps", type=int, default=0, help="override the preset's text-encoder pretraining steps")
     ap.add_argument("--vae-minutes", type=float, default=0, help="override the preset's VAE time box")
     ap.add_argument("--unet-minutes", type=float, default=0, help="override the preset's U-Net time box")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/data and OUT/vae when present")
@@ -128,7 +129,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     P = dict(QUICK if args.quick else CPU if args.preset == "cpu" else FULL)
-    for k in ("unet_steps", "vae_steps", "n_train", "vae_minutes", "unet_minutes"):
+    for k in ("unet_steps", "vae_steps", "n_train", "vae_minutes", "unet_minutes", "text_steps"):
         if getattr(args, k):
             P[k] = getattr(args, k)
     cuda = torch.cuda.is_available()
