@@ -70,7 +70,7 @@ def train_vae(cfg: VAETrainConfig, records: Iterable[Record] | None = None,
             runlog.log(step + 1, {"loss": float(running) / n, "lr": lr})
             running.zero_()
         if cfg.max_minutes and time.monotonic() - t_start > 60 * cfg.max_minutes:  # every step: steps can be slow
-            if (step + 1) % cfg.log_every:
+            if (step + 1) % cfg.log_every and step + 1 != cfg.steps:  # not logged above
                 runlog.log(step + 1, {"loss": float(running) / ((step % cfg.log_every) + 1), "lr": lr})
             log.warning("max_minutes=%g reached: stopping at step %d of %d", cfg.max_minutes, step + 1, cfg.steps)
             break
