@@ -57,7 +57,7 @@ def train(
     edit_share: float = typer.Option(0.5, help="Share of training steps on follow-up edits (world records "
                                                "only: a JSONL of pairs has no scenes to edit)."),
     arch: str = typer.Option("gpt2", help="gpt2 (learned positions) or llama (rotary positions; reached a lower "
-                                          "loss in the same CPU minutes, see bench/RESULTS_upsample.md)."),
+                                          "loss in the same CPU minutes, see bench/RESULTS.md)."),
     bucket: bool = typer.Option(True, help="Batch sequences of similar length (less padding)."),
     limit: int = typer.Option(None, help="Use at most this many records or pairs."),
     seed: int = typer.Option(0),
