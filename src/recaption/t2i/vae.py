@@ -65,13 +65,13 @@ def train_vae(cfg: VAETrainConfig, records: Iterable[Record] | None = None,
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         running += loss.detach()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+        # the time box is checked every step (steps can be slow); the step it stops at is logged
+        stop = bool(cfg.max_minutes) and time.monotonic() - t_start > 60 * cfg.max_minutes
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps or stop:
             n = (step % cfg.log_every) + 1
             runlog.log(step + 1, {"loss": float(running) / n, "lr": lr})
             running.zero_()
-        if cfg.max_minutes and time.monotonic() - t_start > 60 * cfg.max_minutes:  # every step: steps can be slow
-            if (step + 1) % cfg.log_every and step + 1 != cfg.steps:  # not logged above
-                runlog.log(step + 1, {"loss": float(running) / ((step % cfg.log_every) + 1), "lr": lr})
+        if stop:
             log.warning("max_minutes=%g reached: stopping at step %d of %d", cfg.max_minutes, step + 1, cfg.steps)
             break
     vae.eval()
