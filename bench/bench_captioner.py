@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 
 
@@ -35,6 +36,10 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/captioner")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--finetune-vision", action="store_true",
+                    help="stage 1 also trains the CLIP vision tower (later stages inherit it)")
+    ap.add_argument("--clip-from", default=None,
+                    help="reuse this world CLIP checkpoint (trained on the same 20k alt-text) instead of training one")
     ap.add_argument("--json", default=None, help="write all figures here (default OUT/bench.json)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -43,7 +48,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from recaption.captioners.clip_prefix import load_clip_prefix
+    from recaption.captioners.clip_prefix import ClipPrefixConfig, load_clip_prefix
     from recaption.captioners.train_prefix import CaptionerTrainConfig, train_captioner
     from recaption.clip.train import ClipTrainConfig, train_clip
     from recaption.eval.audit import audit, audit_table
@@ -58,8 +63,16 @@ def main() -> None:
     res["data_seconds"] = round(time.time() - t, 1)
 
     t = time.time()
-    res["clip"] = train_clip(train, f"{args.out}/clip", ClipTrainConfig(steps=args.clip_steps), device=args.device)
+    if args.clip_from:  # a CLIP an earlier run trained on the same records' alt-text: copy it and its figures
+        shutil.copytree(args.clip_from, f"{args.out}/clip", dirs_exist_ok=True)
+        with open(f"{args.out}/clip/clip_train.json") as f:
+            res["clip"] = json.load(f)["metrics"]
+        res["clip"]["reused_from"] = args.clip_from
+    else:
+        res["clip"] = train_clip(train, f"{args.out}/clip", ClipTrainConfig(steps=args.clip_steps),
+                                 device=args.device)
     res["clip"]["wall_seconds"] = round(time.time() - t, 1)
+    model_cfg = ClipPrefixConfig(finetune_vision=args.finetune_vision)
 
     stages = [("alt", None, args.alt_steps), ("short", "alt", args.short_steps),
               ("descriptive", args.desc_init, args.desc_steps)]
@@ -68,7 +81,7 @@ def main() -> None:
         m = train_captioner(train, f"{args.out}/{stage}",
                             CaptionerTrainConfig(stage=stage, steps=steps, finetune_size=args.finetune_size),
                             init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
-                            device=args.device, resume=False)
+                            model_cfg=None if init else model_cfg, device=args.device, resume=False)
         m["wall_seconds"] = round(time.time() - t, 1)
         res[f"train_{stage}"] = m
 

@@ -401,3 +401,38 @@ def test_parquet_row_with_a_lost_image_file_is_an_error_record(tmp_path):
     assert out["lost"].captions["alt"] == "alt lost"
     for r in good:
         assert out[r.key].error is None and out[r.key].captions["short"].startswith("short ")
+
+
+class ShortOnlyCaptioner(FakeCaptioner):
+    """Like a checkpoint fine-tuned for short captions: says up front that it cannot write descriptive ones."""
+
+    def check_mode(self, mode):
+        from recaption.captioners.base import CaptionerError
+
+        if mode != "short":
+            raise CaptionerError(f"fine-tuned for 'short' captions, not {mode!r}")
+
+
+def test_a_mode_the_captioner_cannot_write_is_refused_before_reading(tmp_path):
+    _input(tmp_path / "in", n=8)
+    cap = ShortOnlyCaptioner()
+    with pytest.raises(RecordError, match="cannot write 'descriptive' captions: fine-tuned for 'short'"):
+        run(_cfg(tmp_path, modes=("short", "descriptive")), cap)
+    assert cap.calls == 0
+    assert not (tmp_path / "out").exists() or not any(p.suffix == ".tar" for p in (tmp_path / "out").iterdir())
+    summary = run(_cfg(tmp_path, modes=("short",)), cap)  # the mode it can write runs as usual
+    assert summary.records == 8 and summary.errors == 0 and summary.captioned["short"] == 8
+
+
+def test_mode_router_checks_modes_through_its_checkpoints():
+    from recaption.captioners.base import CaptionerError
+    from recaption.captioners.clip_prefix import ModeRouter
+
+    router = ModeRouter({"short": ShortOnlyCaptioner()})
+    router.check_mode("short")
+    with pytest.raises(CaptionerError, match="no 'descriptive' checkpoint here"):
+        router.check_mode("descriptive")
+    with pytest.raises(RecordError, match="cannot write 'descriptive'"):
+        from recaption.pipeline.core import check_modes
+
+        check_modes(router, ("short", "descriptive"))

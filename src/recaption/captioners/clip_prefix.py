@@ -272,7 +272,8 @@ class ClipPrefixCaptioner:
         return Provenance.now(self.name, self.version, mode, None, stage=self.stage, path=self.path,
                               decode=dataclasses.asdict(self.decode))
 
-    def _check(self, mode: str) -> None:
+    def check_mode(self, mode: str) -> None:
+        """Raise :class:`CaptionerError` unless this checkpoint writes ``mode`` captions (jobs check up front)."""
         check_mode(mode)
         if self.stage != "alt" and mode != self.stage:
             raise CaptionerError(f"clip-prefix checkpoint {self.path or '?'} was fine-tuned for {self.stage!r} "
@@ -285,7 +286,7 @@ class ClipPrefixCaptioner:
 
         from recaption.clip.data import to_pixels
 
-        self._check(mode)
+        self.check_mode(mode)
         if not images:
             return []
         size, _, _ = clip_geometry(self.clip)
@@ -392,10 +393,15 @@ class ModeRouter:
         self.captioners = dict(captioners)
         self.version = "+".join(f"{m}:{c.version}" for m, c in sorted(self.captioners.items()))
 
-    def caption(self, images: list[Any], mode: str) -> list[str]:
+    def check_mode(self, mode: str) -> None:
+        """Raise :class:`CaptionerError` unless a checkpoint here writes ``mode`` captions."""
         check_mode(mode)
         if mode not in self.captioners:
             raise CaptionerError(f"no {mode!r} checkpoint here (have: {', '.join(sorted(self.captioners))})")
+        self.captioners[mode].check_mode(mode)
+
+    def caption(self, images: list[Any], mode: str) -> list[str]:
+        self.check_mode(mode)
         return self.captioners[mode].caption(images, mode)
 
     def provenance(self, mode: str) -> Provenance:

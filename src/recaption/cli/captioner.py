@@ -83,6 +83,9 @@ def captioner_train(
         batch_size: int = typer.Option(0, "--batch-size", help="0 = the stage's default."),
         lr: float = typer.Option(0.0, "--lr", help="0 = the stage's default."),
         seed: int = typer.Option(0, "--seed"),
+        finetune_vision: bool = typer.Option(
+            False, "--finetune-vision/--frozen-vision",
+            help="Stage 1: also train the CLIP vision tower with the captioning loss (later stages inherit it)."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
         device: str = typer.Option("cpu", "--device")) -> None:
     """Train one stage of the clip-prefix captioner (alt-text, then short, then descriptive)."""
@@ -91,7 +94,7 @@ def captioner_train(
 
     cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
                                finetune_size=finetune_size, seed=seed)
-    metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=ClipPrefixConfig(lm=lm),
+    metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision),
                               pairs=pairs, device=device, resume=resume)
     typer.echo(json.dumps(metrics))
 

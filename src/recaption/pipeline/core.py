@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -402,3 +403,19 @@ def estimate_total(plan: Plan) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return total
+
+
+def check_modes(captioner: Any, modes: Sequence[str]) -> None:
+    """Refuse, before any record is read, a captioner that cannot write one of ``modes`` (e.g. a checkpoint
+    fine-tuned for short captions asked for descriptive ones): a whole job of error records helps nobody.
+    Captioners say so through an optional ``check_mode(mode)`` that raises; others are trusted."""
+    from recaption.captioners.base import CaptionerError
+
+    check = getattr(captioner, "check_mode", None)
+    if check is None:
+        return
+    for mode in modes:
+        try:
+            check(mode)
+        except CaptionerError as e:
+            raise RecordError(f"captioner cannot write {mode!r} captions: {e}") from e

@@ -25,6 +25,7 @@ from recaption.pipeline.core import (
     RunConfig,
     Summary,
     caption_items,
+    check_modes,
     decode_item,
     prepare,
 )
@@ -97,6 +98,7 @@ def run_local(cfg: RunConfig, captioner: Any, plan: Plan, total: int | None = No
     """Run the job on this machine; returns the summary (not yet timed)."""
     from tqdm.auto import tqdm
 
+    check_modes(captioner, cfg.modes)  # every engine and worker runs through here: refuse before reading
     summary = Summary()
     stop = threading.Event()  # everything stops (a thread failed)
     halt_reader = threading.Event()  # the captioner failed: stop reading, let the writer finish what it has
