@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
@@ -52,6 +52,24 @@ def expand(spec: str) -> tuple[Any, list[str]]:
         else:
             out.append(path)
     return fs, out
+
+
+def list_files(spec: str, keep: Callable[[str], bool], *, recursive: bool, what: str) -> list[str]:
+    """The files a spec names (brace patterns, globs, plain paths) plus those ``keep`` accepts in the folders
+    it names (``recursive``: every level below; hidden names skipped), in spec form (URL kept), sorted per
+    folder. A named path that does not exist raises ``FileNotFoundError("no such WHAT: ...")``."""
+    fs, paths = expand(spec)
+    out: list[str] = []
+    for p in paths:
+        if fs.isdir(p):
+            found = fs.find(p) if recursive else fs.ls(p, detail=False)
+            out.extend(sorted(f for f in found if keep(f)
+                              and not any(part.startswith(".") for part in f[len(p):].split("/"))))
+        elif fs.exists(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such {what}: {unstrip(fs, spec, p)}")
+    return [unstrip(fs, spec, p) for p in out]
 
 
 def basename(path: str) -> str:

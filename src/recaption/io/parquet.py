@@ -49,18 +49,7 @@ def _arrow_errors() -> tuple[type[BaseException], ...]:
 
 def list_shards(spec: str) -> list[str]:
     """Parquet files of a folder (recursive, hidden names skipped), or those a path / pattern names, sorted."""
-    fs, paths = _fs.expand(spec)
-    out: list[str] = []
-    for p in paths:
-        if fs.isdir(p):
-            found = fs.find(p)
-            out.extend(sorted(f for f in found if f.endswith(".parquet")
-                              and not any(part.startswith(".") for part in f[len(p):].split("/"))))
-        elif fs.exists(p):
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"no such parquet file: {_fs.unstrip(fs, spec, p)}")
-    return [_fs.unstrip(fs, spec, p) for p in out]
+    return _fs.list_files(spec, lambda f: f.endswith(".parquet"), recursive=True, what="parquet file")
 
 
 def read_shard(shard: str, txt_field: str = ORIGINAL) -> Iterator[Record]:

@@ -49,17 +49,7 @@ def shard_id(path: str) -> str:
 
 def list_shards(spec: str) -> list[str]:
     """Tar shards of a folder (not recursive), or those a path / brace pattern / glob names, sorted."""
-    fs, paths = _fs.expand(spec)
-    out: list[str] = []
-    for p in paths:
-        if fs.isdir(p):
-            out.extend(sorted(f for f in fs.ls(p, detail=False)
-                              if is_tar(f) and not _fs.basename(f).startswith(".")))
-        elif fs.exists(p):
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"no such shard: {_fs.unstrip(fs, spec, p)}")
-    return [_fs.unstrip(fs, spec, p) for p in out]
+    return _fs.list_files(spec, is_tar, recursive=False, what="shard")
 
 
 def read_shard(shard: str, txt_field: str = ORIGINAL) -> Iterator[Record]:
