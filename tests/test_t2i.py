@@ -401,3 +401,63 @@ def test_vae_time_box_stops_at_the_first_step_past_it(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(float(r["step"])) for r in rows] == [1]  # stopped after one step, and that step is logged
     assert AutoencoderKL.from_pretrained(tmp_path / "vae").config.scaling_factor != 1.0
+
+
+@pytest.mark.slow
+def test_checkpoints_hold_ema_unets_one_can_sample_from(trained):
+    from diffusers import UNet2DConditionModel
+
+    from recaption.t2i.generate import T2IPipeline, checkpoint_steps
+
+    out = __import__("pathlib").Path(trained.out)
+    assert checkpoint_steps(out) == [2, 4]  # checkpoint_every 2, keep 2
+    final = UNet2DConditionModel.from_pretrained(out / "unet")
+    last = UNet2DConditionModel.from_pretrained(out / "checkpoints" / "step-0000004" / "unet_ema")
+    assert all(torch.equal(a, b) for a, b in zip(final.parameters(), last.parameters(), strict=True))
+    raw, _ = _state(out)  # the training weights saved beside them are not the EMA ones
+    assert not all(torch.equal(raw[k], p) for k, p in last.named_parameters())
+    p2 = T2IPipeline.from_pretrained(out, device="cpu", checkpoint=2)
+    p4 = T2IPipeline.from_pretrained(out, device="cpu", checkpoint=4)
+    a, b = p2(["a red square, left"], seed=1, steps=3), p4(["a red square, left"], seed=1, steps=3)
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3 .*have: 2, 4"):
+        T2IPipeline.from_pretrained(out, device="cpu", checkpoint=3)
+
+
+@pytest.mark.slow
+def test_clip_curve_scores_every_checkpoint_per_field(trained, tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from recaption import io as rio
+    from recaption.captioners.testing import tiny_clip
+    from recaption.cli import app, main
+    from recaption.eval.curve import clip_curve, parse_model_specs
+    from recaption.eval.report import read_points
+
+    recs = make_records(8, missing_every=0)
+    with rio.open_writer(str(tmp_path / "evalset"), "wds") as w:
+        for r in recs:
+            w.write(r)
+    clip = tiny_clip(str(tmp_path / "clip"))
+    models = parse_model_specs([f"a={trained.out}", f"b={trained.out}"])
+    res = clip_curve(models, clip, str(tmp_path / "evalset"), ["alt", "descriptive"], limit=5, steps=3,
+                     out_dir=tmp_path / "curve", progress=False)
+    assert res["n_prompts"] == {"alt": 5, "descriptive": 5}
+    for f in ("alt", "descriptive"):
+        pts = res["points"][f]
+        assert [(m, s) for m, s, _ in pts] == [("a", 2), ("a", 4), ("b", 2), ("b", 4)]
+        assert [v for m, _, v in pts if m == "a"] == [v for m, _, v in pts if m == "b"]  # same run, same seeds
+        assert read_points(tmp_path / "curve" / f"points_{f}.tsv") == [tuple(p) for p in pts]
+        assert (tmp_path / "curve" / f"clip_vs_step_{f}.png").stat().st_size > 1000
+    assert "| a | 2 |" in (tmp_path / "curve" / "curve.md").read_text()
+    with pytest.raises(ValueError, match="given twice"):
+        parse_model_specs([trained.out, trained.out])
+    r = CliRunner().invoke(app, ["eval", "clip-curve", "--model", trained.out, "--records", str(tmp_path / "evalset"),
+                                 "--clip", clip, "--fields", "alt", "--limit", "2", "--steps", "2",
+                                 "--out", str(tmp_path / "c2")])
+    assert r.exit_code == 0, r.output
+    assert "CLIP score: alt" in r.output and (tmp_path / "c2" / "clip_vs_step_alt.png").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "clip-curve", "--model", trained.out, "--records", str(tmp_path / "evalset"), "--clip", clip,
+              "--fields", "nope", "--limit", "3", "--out", str(tmp_path / "c3")])
+    assert e.value.code == 2 and "no captions in field(s) nope" in capsys.readouterr().err

@@ -119,6 +119,36 @@ def plot_clip(
     typer.echo(f"-> {plot_clip_vs_step(read_points(points), out, ylabel=ylabel)}")
 
 
+@eval_app.command("clip-curve")
+def clip_curve(
+    model: list[str] = typer.Option(..., "--model", help="t2i run directory, or NAME=DIR (repeatable)."),
+    records: str = typer.Option(..., help="Evaluation dataset (any recaption.io format) holding the fields."),
+    clip: str = typer.Option("openai/clip-vit-base-patch32", help="CLIP name or folder (recaption.clip.load_clip)."),
+    fields: str = typer.Option("alt,descriptive", help="Caption fields: prompts, and what each image is scored "
+                                                       "against (truth:descriptive for the world's true captions)."),
+    limit: int = typer.Option(100, help="Evaluation captions per field."),
+    guidance: float = typer.Option(2.0),
+    steps: int = typer.Option(25, help="Sampling steps."),
+    sampler: str = typer.Option("ddim"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("eval_out/clip_curve"), help="Folder: curve.json/.md, points_*.tsv, plots."),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """CLIP score against training step for each run's checkpoints, per caption field (Figures 4 and 5)."""
+    from recaption.cli import UserError
+    from recaption.eval.curve import clip_curve as run_curve
+    from recaption.eval.curve import curve_table, parse_model_specs
+
+    try:
+        res = run_curve(parse_model_specs(model), clip, records, [f.strip() for f in fields.split(",") if f.strip()],
+                        limit=limit, seed=seed, guidance=guidance, steps=steps, sampler=sampler, device=device,
+                        out_dir=out)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    typer.echo(curve_table(res))
+    typer.echo(f"-> {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.add_typer(eval_app, name="eval")

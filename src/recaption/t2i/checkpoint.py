@@ -48,14 +48,26 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return path if (path / "state.pt").exists() else None
 
 
-def save_checkpoint(out: Path, step: int, acc, unet, text_model, state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` (all processes call this; the main one writes models and state)."""
+def save_checkpoint(out: Path, step: int, acc, unet, text_model, state: dict[str, Any], keep: int,
+                    ema: Any = None) -> Path:
+    """Write checkpoint ``step`` (all processes call this; the main one writes models and state).
+
+    With ``ema`` (a diffusers EMAModel of ``unet``) the EMA weights are also written as ``unet_ema/`` in
+    diffusers layout, as diffusers' own training scripts do: each checkpoint is then a model one can sample
+    from (``T2IPipeline.from_pretrained(run, checkpoint=step)``), which is what CLIP-score-against-step
+    curves need. The training weights are untouched (store, copy, save, restore)."""
     ckpt = out / "checkpoints" / f"step-{step:07d}"
     ckpt.mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), ckpt / f"rng-{acc.process_index}.pt")
     acc.wait_for_everyone()
     if acc.is_main_process:
-        acc.unwrap_model(unet).save_pretrained(ckpt / "unet")
+        raw = acc.unwrap_model(unet)
+        raw.save_pretrained(ckpt / "unet")
+        if ema is not None:
+            ema.store(raw.parameters())
+            ema.copy_to(raw.parameters())
+            raw.save_pretrained(ckpt / "unet_ema")
+            ema.restore(raw.parameters())
         if text_model is not None:  # raw state dict: keeps tied embeddings exact
             torch.save(acc.unwrap_model(text_model).state_dict(), ckpt / "text_encoder.pt")
         torch.save({"step": step, **state}, ckpt / "state.pt")  # written last: marks the checkpoint complete

@@ -47,24 +47,37 @@ class T2IPipeline:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None) -> T2IPipeline:
-        """Load each component with its library's ``from_pretrained`` from a t2i run directory."""
+                        dtype: torch.dtype | None = None, checkpoint: int | None = None) -> T2IPipeline:
+        """Load each component with its library's ``from_pretrained`` from a t2i run directory.
+
+        ``checkpoint``: a training step whose checkpoint (``checkpoints/step-NNNNNNN``) supplies the EMA U-Net
+        (and the text encoder, when it was trained with the U-Net) instead of the final export.
+        """
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         d = Path(model_dir)
         if not (d / "unet").is_dir():
             raise FileNotFoundError(f"{d} is not a t2i model directory (no unet/ inside)")
         device = torch.device(device) if device else auto_device()
-        unet = UNet2DConditionModel.from_pretrained(str(d / "unet"), torch_dtype=dtype).to(device).eval()
+        unet_dir, ckpt = d / "unet", None
+        if checkpoint is not None:
+            ckpt = d / "checkpoints" / f"step-{int(checkpoint):07d}"
+            if not (ckpt / "unet_ema").is_dir():
+                have = ", ".join(str(s) for s in checkpoint_steps(d)) or "none with EMA weights"
+                raise FileNotFoundError(f"{d}: no checkpoint at step {checkpoint} with EMA weights (have: {have})")
+            unet_dir = ckpt / "unet_ema"
+        unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=dtype).to(device).eval()
         vae = AutoencoderKL.from_pretrained(str(d / "vae"), torch_dtype=dtype).to(device).eval()
         run = json.loads((d / "run_config.json").read_text()) if (d / "run_config.json").exists() else {}
         diffusion = config_from_dict(run["diffusion"], DiffusionConfig) if "diffusion" in run else \
             _diffusion_from_scheduler(d / "scheduler")
         info = json.loads((d / "run_info.json").read_text()) if (d / "run_info.json").exists() else {}
         text = load_text_encoder(str(d), max_length=info.get("text_max_length"))
+        if ckpt is not None and (ckpt / "text_encoder.pt").is_file():  # trained with the U-Net: its state then
+            text.model.load_state_dict(torch.load(ckpt / "text_encoder.pt", map_location="cpu", weights_only=True))
         text.model.to(device=device, dtype=dtype or torch.float32).eval()
         return cls(unet=unet, vae=vae, text=text, diffusion=diffusion, latent_size=int(unet.config.sample_size),
-                   name=str(d))
+                   name=str(d) if ckpt is None else f"{d}@{checkpoint}")
 
     @torch.no_grad()
     def latents(self, prompts: Sequence[str], seed: int, guidance: float = 2.0, steps: int = 25,
@@ -106,6 +119,18 @@ class T2IPipeline:
             self.unet.train(modes[0])
             self.text.model.train(modes[1])
         return images
+
+
+def checkpoint_steps(model_dir: str | Path) -> list[int]:
+    """The training steps of a run's complete checkpoints that hold EMA weights (``unet_ema/``), ascending."""
+    root = Path(model_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    steps = []
+    for p in root.glob("step-*"):
+        if (p / "unet_ema").is_dir() and (p / "state.pt").is_file() and p.name[5:].isdigit():
+            steps.append(int(p.name[5:]))
+    return sorted(steps)
 
 
 def _diffusion_from_scheduler(path: Path) -> DiffusionConfig:

@@ -144,7 +144,7 @@ def train_t2i(cfg: T2ITrainConfig, records: Iterable[Record] | None = None, resu
             sample_grid(cfg, s, out / "samples" / f"step-{done:07d}.png")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
             ck.save_checkpoint(out, done, acc, s.unet, s.text.model if s.text_fwd is not None else None,
-                               training_state(s), cfg.keep_checkpoints)
+                               training_state(s), cfg.keep_checkpoints, ema=s.ema)
         if on_step is not None:
             on_step(done)
         if stop:
