@@ -80,6 +80,8 @@ def t2i_train(
     image_size: int = typer.Option(64),
     log_every: int = typer.Option(50),
     checkpoint_every: int = typer.Option(500),
+    keep_checkpoints: int = typer.Option(2, help="Checkpoints kept (older ones deleted); raise it for a "
+                                                 "CLIP-vs-step curve (recaption eval clip-curve)."),
     sample_every: int = typer.Option(500, help="Sample grid every N steps (0: never)."),
     cache_dir: str = typer.Option("", help="Latent / text-embedding cache (default ~/.cache/recaption/t2i)."),
     limit: int = typer.Option(0, help="Use at most this many records (0: all)."),
@@ -95,6 +97,7 @@ def t2i_train(
                          diffusion=DiffusionConfig(prediction_type=prediction), steps=steps, batch_size=batch_size,
                          grad_accum=grad_accum, lr=lr, ema_decay=ema_decay, mixed_precision=mixed_precision,
                          seed=seed, image_size=image_size, log_every=log_every, checkpoint_every=checkpoint_every,
+                         keep_checkpoints=keep_checkpoints,
                          sample_every=sample_every, cache_dir=cache_dir, limit=limit or None,
                          max_minutes=max_minutes)
     try:
