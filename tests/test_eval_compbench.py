@@ -11,36 +11,15 @@ pytest.importorskip("transformers")
 
 from recaption.eval.compbench import load_prompts, questions, rule_chunks  # noqa: E402
 
-WORDS = "a an the green blue red bench bowl cake round square pizza box wooden metallic of and yes no ?".split()
-
-
 def build_tiny_blip(path, seed: int = 0):
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForQuestionAnswering,
-        BlipImageProcessorPil,
-        BlipProcessor,
-    )
+    """The tiny random BLIP VQA of ``recaption.captioners.testing``, loaded back: (model, processor, token ids)."""
+    from transformers import BlipForQuestionAnswering, BlipProcessor
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "[DEC]", "[ENC]"]
-    tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, bos_token="[DEC]",
-                        additional_special_tokens=["[ENC]"])
-    ids = {t: i for i, t in enumerate(vocab)}
-    torch.manual_seed(seed)
-    cfg = BlipConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=64, bos_token_id=ids["[DEC]"],
-                         eos_token_id=ids["[SEP]"], sep_token_id=ids["[SEP]"], pad_token_id=ids["[PAD]"],
-                         encoder_hidden_size=32),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    model = BlipForQuestionAnswering(cfg)
-    proc = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tok)
-    model.save_pretrained(path)
-    proc.save_pretrained(path)
-    return model.eval(), proc, ids
+    from recaption.captioners.testing import tiny_blip_vqa
+
+    tiny_blip_vqa(str(path), seed=seed)
+    proc = BlipProcessor.from_pretrained(str(path))
+    return BlipForQuestionAnswering.from_pretrained(str(path)).eval(), proc, dict(proc.tokenizer.get_vocab())
 
 
 def test_noun_phrase_questions_follow_the_benchmark():

@@ -73,6 +73,36 @@ def tiny_blip(out: str) -> str:
     return out
 
 
+BLIP_VQA_WORDS = "a an the green blue red bench bowl cake round square pizza box wooden metallic of and yes no ?".split()
+
+
+def tiny_blip_vqa(out: str, seed: int = 0) -> str:
+    """A random tiny BlipForQuestionAnswering + BlipProcessor (answers include yes/no) saved to ``out``."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipProcessor
+
+    try:
+        from transformers import BlipImageProcessorPil as ImgProc
+    except ImportError:  # older transformers
+        from transformers import BlipImageProcessor as ImgProc
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BLIP_VQA_WORDS, "[DEC]", "[ENC]"]
+    tok = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, bos_token="[DEC]",
+                        additional_special_tokens=["[ENC]"])
+    ids = {t: i for i, t in enumerate(vocab)}
+    torch.manual_seed(seed)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64, bos_token_id=ids["[DEC]"],
+                         eos_token_id=ids["[SEP]"], sep_token_id=ids["[SEP]"], pad_token_id=ids["[PAD]"],
+                         encoder_hidden_size=32),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    BlipForQuestionAnswering(cfg).save_pretrained(out)
+    BlipProcessor(image_processor=ImgProc(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(out)
+    return out
+
+
 LLAVA_TEMPLATE = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
                   "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n"
                   "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
