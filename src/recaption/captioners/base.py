@@ -18,6 +18,8 @@ class Captioner(Protocol):
     """Anything that turns a batch of RGB PIL images into one caption each, in a mode.
 
     ``name`` and ``version`` identify it in each caption's provenance; ``provenance(mode)`` builds that.
+    Optionally ``check_mode(mode)`` raises :class:`CaptionerError` for a mode it cannot write (a checkpoint
+    fine-tuned for one mode), so a job refuses before reading instead of failing every batch.
     """
 
     name: str
