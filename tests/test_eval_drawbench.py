@@ -152,6 +152,10 @@ def test_judge_through_openai_client_sees_original_prompt(tmp_path):
     res = aggregate(verdicts, prompts, n_boot=50)
     ok = sum(v["correct"] for v in verdicts.values())
     assert res["overall"]["correct"] == ok and res["n_images"] == 12 and res["judge_errors"] == 4
+    from recaption.eval.drawbench import results_table
+
+    table = results_table({"m": res})  # the table says how many verdicts were errors or unparsed
+    assert "| responses without a verdict / judge errors (counted incorrect) | 0 / 4 of 12 |" in table
 
 
 def build_tiny_vlm(path, constant_token: str = "correct"):

@@ -149,6 +149,11 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
 
     rows = [[c, *[cell(results[n]["categories"].get(c)) for n in names]] for c in cats]
     rows.append(["**overall**", *[cell(results[n]["overall"]) for n in names]])
+    if any(results[n].get("unparsed_responses") or results[n].get("judge_errors") for n in names):
+        # a judge that answers without a verdict, or fails, counts as "incorrect": say how often it happened
+        rows.append(["responses without a verdict / judge errors (counted incorrect)",
+                     *[f"{results[n].get('unparsed_responses', 0)} / {results[n].get('judge_errors', 0)} of "
+                       f"{results[n]['n_images']}" for n in names]])
     return markdown_table(rows, ["category", *names])
 
 
