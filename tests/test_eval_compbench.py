@@ -11,6 +11,7 @@ pytest.importorskip("transformers")
 
 from recaption.eval.compbench import load_prompts, questions, rule_chunks  # noqa: E402
 
+
 def build_tiny_blip(path, seed: int = 0):
     """The tiny random BLIP VQA of ``recaption.captioners.testing``, loaded back: (model, processor, token ids)."""
     from transformers import BlipForQuestionAnswering, BlipProcessor
