@@ -448,6 +448,8 @@ def test_clip_curve_scores_every_checkpoint_per_field(trained, tmp_path, capsys)
         assert [(m, s) for m, s, _ in pts] == [("a", 2), ("a", 4), ("b", 2), ("b", 4)]
         assert [v for m, _, v in pts if m == "a"] == [v for m, _, v in pts if m == "b"]  # same run, same seeds
         assert read_points(tmp_path / "curve" / f"points_{f}.tsv") == [tuple(p) for p in pts]
+        means = res["unclamped_means"][f]
+        assert [round(max(v, 0.0), 4) for _, _, v in means] == [v for _, _, v in pts]
         assert (tmp_path / "curve" / f"clip_vs_step_{f}.png").stat().st_size > 1000
     assert "| a | 2 |" in (tmp_path / "curve" / "curve.md").read_text()
     with pytest.raises(ValueError, match="given twice"):

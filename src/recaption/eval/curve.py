@@ -62,7 +62,8 @@ def clip_curve(models: dict[str, str], clip: str, records: str, fields: list[str
     encoder = load_clip(clip, device=device)
     result: dict[str, Any] = {"clip": clip, "records": records, "fields": fields, "n_prompts": {f: len(p) for f, p in
                               prompts.items()}, "seed": seed, "guidance": guidance, "sample_steps": steps,
-                              "sampler": sampler, "models": models, "points": {f: [] for f in fields}, "seconds": 0.0}
+                              "sampler": sampler, "models": models, "points": {f: [] for f in fields},
+                              "unclamped_means": {f: [] for f in fields}, "seconds": 0.0}
     t0 = time.perf_counter()
     bar = tqdm(total=sum(len(v) for v in plan.values()) * len(fields), unit="ckpt-field", desc="clip curve",
                disable=not progress)
@@ -75,6 +76,8 @@ def clip_curve(models: dict[str, str], clip: str, records: str, fields: list[str
                 per, _ = clip_scores(encoder, images, prompts[f])
                 score = aggregate_score(per)
                 result["points"][f].append([name, step, round(score, 4)])
+                # the score clamps a negative mean at 0 (torchmetrics); keep the mean too, to tell zeros apart
+                result["unclamped_means"][f].append([name, step, round(sum(per) / len(per), 4)])
                 log.info("%s step %d field %s: CLIP score %.2f", name, step, f, score)
                 bar.update(1)
     bar.close()
