@@ -39,6 +39,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_dir(out: str | Path, step: int) -> Path:
+    """Where checkpoint ``step`` of run ``out`` lives (``out/checkpoints/step-NNNNNNN``)."""
+    return Path(out) / "checkpoints" / f"step-{int(step):07d}"
+
+
 def latest_checkpoint(out: str | Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
     marker = Path(out) / "checkpoints" / "latest"
@@ -56,7 +61,7 @@ def save_checkpoint(out: Path, step: int, acc, unet, text_model, state: dict[str
     diffusers layout, as diffusers' own training scripts do: each checkpoint is then a model one can sample
     from (``T2IPipeline.from_pretrained(run, checkpoint=step)``), which is what CLIP-score-against-step
     curves need. The training weights are untouched (store, copy, save, restore)."""
-    ckpt = out / "checkpoints" / f"step-{step:07d}"
+    ckpt = checkpoint_dir(out, step)
     ckpt.mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), ckpt / f"rng-{acc.process_index}.pt")
     acc.wait_for_everyone()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recaption.t2i.checkpoint import checkpoint_dir
 from recaption.t2i.config import DiffusionConfig, config_from_dict
 from recaption.t2i.diffusion import SAMPLERS, guided_denoiser
 from recaption.t2i.text import TextEncoder, load_text_encoder
@@ -61,7 +62,7 @@ class T2IPipeline:
         device = torch.device(device) if device else auto_device()
         unet_dir, ckpt = d / "unet", None
         if checkpoint is not None:
-            ckpt = d / "checkpoints" / f"step-{int(checkpoint):07d}"
+            ckpt = checkpoint_dir(d, checkpoint)
             if not (ckpt / "unet_ema").is_dir():
                 have = ", ".join(str(s) for s in checkpoint_steps(d)) or "none with EMA weights"
                 raise FileNotFoundError(f"{d}: no checkpoint at step {checkpoint} with EMA weights (have: {have})")
