@@ -40,6 +40,11 @@ def main() -> None:
                     help="stage 1 also trains the CLIP vision tower (later stages inherit it)")
     ap.add_argument("--clip-from", default=None,
                     help="reuse this world CLIP checkpoint (trained on the same 20k alt-text) instead of training one")
+    ap.add_argument("--clip-minutes", type=float, default=0.0, help="time box of the CLIP run (0: none)")
+    ap.add_argument("--stage-minutes", default="0,0,0",
+                    help="time boxes of the alt, short and descriptive stages in minutes (0: none)")
+    ap.add_argument("--clip-batch", type=int, default=128)
+    ap.add_argument("--alt-batch", type=int, default=0, help="stage-1 training batch (0: the stage default)")
     ap.add_argument("--json", default=None, help="write all figures here (default OUT/bench.json)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -55,6 +60,14 @@ def main() -> None:
     from recaption.world.dataset import generate_records
 
     os.makedirs(args.out, exist_ok=True)
+    boxes = [float(m) for m in args.stage_minutes.split(",")]
+    if len(boxes) != 3:
+        ap.error(f"--stage-minutes wants three numbers (alt,short,descriptive), got {args.stage_minutes!r}")
+
+    def dump() -> None:  # after every stage, so a run stopped part way keeps what it measured
+        with open(args.json or f"{args.out}/bench.json", "w") as f:
+            json.dump(res, f, indent=1, default=str)
+
     res: dict = {"args": vars(args), "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch "
                  f"{torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"}
     t = time.time()
@@ -69,21 +82,25 @@ def main() -> None:
             res["clip"] = json.load(f)["metrics"]
         res["clip"]["reused_from"] = args.clip_from
     else:
-        res["clip"] = train_clip(train, f"{args.out}/clip", ClipTrainConfig(steps=args.clip_steps),
-                                 device=args.device)
+        res["clip"] = train_clip(train, f"{args.out}/clip", ClipTrainConfig(
+            steps=args.clip_steps, batch_size=args.clip_batch, max_minutes=args.clip_minutes), device=args.device)
     res["clip"]["wall_seconds"] = round(time.time() - t, 1)
+    dump()
     model_cfg = ClipPrefixConfig(finetune_vision=args.finetune_vision)
 
     stages = [("alt", None, args.alt_steps), ("short", "alt", args.short_steps),
               ("descriptive", args.desc_init, args.desc_steps)]
-    for stage, init, steps in stages:
+    for (stage, init, steps), box in zip(stages, boxes, strict=True):
         t = time.time()
         m = train_captioner(train, f"{args.out}/{stage}",
-                            CaptionerTrainConfig(stage=stage, steps=steps, finetune_size=args.finetune_size),
+                            CaptionerTrainConfig(stage=stage, steps=steps, finetune_size=args.finetune_size,
+                                                 max_minutes=box,
+                                                 batch_size=args.alt_batch if stage == "alt" else 0),
                             init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
                             model_cfg=None if init else model_cfg, device=args.device, resume=False)
         m["wall_seconds"] = round(time.time() - t, 1)
         res[f"train_{stage}"] = m
+        dump()
 
     images = [r.pil() for r in held]
     from rich.console import Console
@@ -104,6 +121,7 @@ def main() -> None:
         console.print(audit_table(report, title=f"stage {stage}, mode {mode}: {report['images_per_second']} img/s"))
         for c in report["examples"]:
             console.print(f"  [dim]{c}[/dim]")
+        dump()
 
     summary = {
         "clip_i2t_top1": res["clip"]["i2t_top1"], "clip_i2t_top5": res["clip"]["i2t_top5"],
@@ -123,8 +141,7 @@ def main() -> None:
     }
     res["summary"] = summary
     print(json.dumps(summary, indent=1))
-    with open(args.json or f"{args.out}/bench.json", "w") as f:
-        json.dump(res, f, indent=1, default=str)
+    dump()
 
 
 if __name__ == "__main__":

@@ -255,3 +255,28 @@ def test_frozen_clip_is_kept_and_tuned_clip_is_saved(tmp_path, records, clip_dir
     tuned = vision(os.path.join(alt_dir, "clip"))  # TINY_PREFIX tunes the vision tower
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
     assert len(load_captioner(str(tmp_path / "frozen")).caption([records[0].pil()], "short")) == 1
+
+
+def test_time_box_saves_a_resumable_checkpoint(tmp_path, records, clip_dir, monkeypatch):
+    from test_clip_train import FakeClock
+
+    import recaption.captioners.train_prefix as tp
+
+    real_time = tp.time
+    monkeypatch.setattr(tp, "time", FakeClock(10.0))  # a 1-minute box ends after a few steps
+    m = _alt(tmp_path / "boxed", records, clip_dir, steps=40, max_minutes=1.0, save_every=0)
+    assert 1 <= m["steps"] < 10
+    state = torch.load(tmp_path / "boxed" / "train_state.pt", weights_only=False)
+    assert state["step"] == m["steps"]
+    monkeypatch.setattr(tp, "time", real_time)
+    m2 = _alt(tmp_path / "boxed", records, clip_dir, steps=40, save_every=0)  # a later run finishes the steps
+    assert m2["resumed_from"] == m["steps"] and m2["steps"] == 40
+
+
+def test_lr_follows_the_time_box():
+    from recaption.captioners.train_prefix import _lr
+
+    cfg = CaptionerTrainConfig(stage="alt", steps=1000, warmup=10, lr=1.0).resolved()
+    assert _lr(10, cfg) == pytest.approx(1.0)
+    assert _lr(10, cfg, spent=1.0) == pytest.approx(0.1)  # the floor: 10% of the peak
+    assert _lr(10, cfg, spent=0.5) == pytest.approx(0.55)

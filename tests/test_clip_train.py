@@ -100,3 +100,38 @@ def test_clip_train_cli(tmp_path, records):
               "--batch-size", "8", "--heldout", "5"])
     assert e.value.code == 0
     assert load_clip(str(tmp_path / "clip")).encode_texts(["a red circle"]).features.shape[0] == 1
+
+
+class FakeClock:
+    """Stands in for the ``time`` module: every reading is ``tick`` seconds after the last."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 1000.0, tick
+
+    def time(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    monotonic = time
+
+
+def test_time_box_stops_early_and_records_the_steps_done(tmp_path, records, monkeypatch):
+    import recaption.clip.train as ct
+
+    monkeypatch.setattr(ct, "time", FakeClock(10.0))  # 10 s a reading: a 1-minute box ends after a few steps
+    cfg = ClipTrainConfig(**{**TINY_CLIP, "steps": 50, "max_minutes": 1.0})
+    m = train_clip(records, str(tmp_path / "clip"), cfg)
+    assert 1 <= m["steps"] < 10
+    saved = json.load(open(tmp_path / "clip" / "clip_train.json"))
+    assert saved["metrics"]["steps"] == m["steps"] and saved["config"]["max_minutes"] == 1.0
+    assert load_clip(str(tmp_path / "clip")).encode_texts(["a red circle"]).features.shape[0] == 1
+
+
+def test_lr_follows_the_time_box_when_it_is_ahead_of_the_steps():
+    from recaption.clip.train import _lr
+
+    cfg = ClipTrainConfig(steps=1000, warmup=10, lr=1.0)
+    assert _lr(10, cfg) == pytest.approx(1.0)
+    assert _lr(10, cfg, spent=0.5) == pytest.approx(0.5)  # half the box used: the cosine is half way
+    assert _lr(10, cfg, spent=1.0) == pytest.approx(0.0)
+    assert _lr(1000, cfg, spent=0.1) == pytest.approx(0.0)  # the steps ran out first

@@ -55,6 +55,7 @@ class CaptionerTrainConfig:
     seed: int = 0
     save_every: int = 500
     vision_lr_scale: float = 0.5  # LR of the CLIP vision tower relative to the mapper + LM (finetune_vision)
+    max_minutes: float = 0.0  # > 0: a time box for this process's steps; the cosine follows steps or time
 
     def resolved(self) -> CaptionerTrainConfig:
         return dataclasses.replace(self, steps=self.steps or DEFAULT_STEPS[self.stage],
@@ -89,10 +90,11 @@ def select_examples(records: list[Record], stage: str, finetune_size: str | int 
     return chosen, [caption_text(r, f"truth.{stage}") for r in chosen]
 
 
-def _lr(step: int, cfg: CaptionerTrainConfig) -> float:
+def _lr(step: int, cfg: CaptionerTrainConfig, spent: float = 0.0) -> float:
+    """Warmup, then cosine to 10% over the steps, or over the time box when ``spent`` (its share used) is ahead."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    t = min(1.0, max((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), spent))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -227,10 +229,15 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
                     "torch_rng": torch.get_rng_state(), "train": dataclasses.asdict(cfg)}, state_path + ".tmp")
         os.replace(state_path + ".tmp", state_path)
 
-    t1, losses = time.time(), []
+    t1, losses, done = time.time(), [], start
     for step in range(start, cfg.steps):
+        spent = (time.time() - t1) / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
+        if spent >= 1.0:
+            log.warning("captioner %s: max_minutes=%g reached: stopping at step %d of %d", stage, cfg.max_minutes,
+                        step, cfg.steps)
+            break
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg) * g["lr_scale"]
+            g["lr"] = _lr(step, cfg, spent) * g["lr_scale"]
         b = torch.randint(len(keys), (min(cfg.batch_size, len(keys)),), generator=gen)
         L = int(lengths[b].max())
         x = vision_tokens(cap.clip, data_x[b], cap.cfg) if tune else data_x[b].to(device)
@@ -240,17 +247,18 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
         losses.append(loss.detach())
+        done = step + 1
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             log.info("captioner %s step %d/%d loss %.4f (%.1f s)", stage, step + 1, cfg.steps,
                      float(torch.stack(losses[-100:]).mean()), time.time() - t1)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             checkpoint(step + 1, {})
-    metrics = {"stage": stage, "examples": len(keys), "steps": cfg.steps, "resumed_from": start,
+    metrics = {"stage": stage, "examples": len(keys), "steps": done, "resumed_from": start,
                "prep_seconds": round(prep_s, 1), "train_seconds": round(time.time() - t1, 1),
                "final_loss": float(torch.stack(losses[-50:]).mean()) if losses else None}
     model.eval()
     cap.clip.model.eval()
-    checkpoint(cfg.steps, {"metrics": metrics})
+    checkpoint(done, {"metrics": metrics})
     with open(os.path.join(out, "finetune_keys.json" if stage != "alt" else "train_keys_count.json"), "w") as f:
         json.dump(keys if stage != "alt" else {"count": len(keys)}, f)
     return metrics

@@ -59,11 +59,14 @@ def clip_train(data: str = typer.Option(..., "--data", help="World dataset (any 
                batch_size: int = typer.Option(128, "--batch-size"),
                heldout: int = typer.Option(500, "--heldout", help="Held-out pairs for retrieval accuracy."),
                seed: int = typer.Option(0, "--seed"),
+               max_minutes: float = typer.Option(0.0, "--max-minutes",
+                                                 help="Time box: stop after this many minutes (0: none)."),
                device: str = typer.Option("cpu", "--device")) -> None:
     """Train a small CLIPModel from scratch; prints held-out zero-shot retrieval accuracy."""
     from recaption.clip.train import ClipTrainConfig, train_clip
 
-    cfg = ClipTrainConfig(text_field=text_field, steps=steps, batch_size=batch_size, heldout=heldout, seed=seed)
+    cfg = ClipTrainConfig(text_field=text_field, steps=steps, batch_size=batch_size, heldout=heldout, seed=seed,
+                          max_minutes=max_minutes)
     typer.echo(json.dumps(train_clip(data, out, cfg, device=device)))
 
 
@@ -87,13 +90,16 @@ def captioner_train(
             False, "--finetune-vision/--frozen-vision",
             help="Stage 1: also train the CLIP vision tower with the captioning loss (later stages inherit it)."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
+        max_minutes: float = typer.Option(0.0, "--max-minutes",
+                                          help="Time box for this run: stop and save after this many minutes "
+                                               "(0: none); a later run resumes the remaining steps."),
         device: str = typer.Option("cpu", "--device")) -> None:
     """Train one stage of the clip-prefix captioner (alt-text, then short, then descriptive)."""
     from recaption.captioners.clip_prefix import ClipPrefixConfig
     from recaption.captioners.train_prefix import CaptionerTrainConfig, train_captioner
 
     cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
-                               finetune_size=finetune_size, seed=seed)
+                               finetune_size=finetune_size, seed=seed, max_minutes=max_minutes)
     metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision),
                               pairs=pairs, device=device, resume=resume)
     typer.echo(json.dumps(metrics))

@@ -59,6 +59,7 @@ class ClipTrainConfig:
     max_text_tokens: int = 77
     heldout: int = 500
     seed: int = 0
+    max_minutes: float = 0.0  # > 0: a time box; the cosine then runs over steps or time, whichever ends first
 
 
 def build_clip(cfg: ClipTrainConfig, tokenizer: Any) -> Any:
@@ -118,10 +119,11 @@ def retrieval_accuracy(image_feats: Any, text_feats: Any, texts: list[str] | Non
     return out
 
 
-def _lr(step: int, cfg: ClipTrainConfig) -> float:
+def _lr(step: int, cfg: ClipTrainConfig, spent: float = 0.0) -> float:
+    """Warmup, then cosine to 0 over the steps, or over the time box when ``spent`` (its share used) is ahead."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    t = max((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), spent)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
@@ -156,10 +158,14 @@ def train_clip(data: str | Iterable[Record], out: str, cfg: ClipTrainConfig = Cl
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
     tr_idx = torch.tensor(tr)
-    t0, losses = time.time(), []
+    t0, losses, done = time.time(), [], 0
     for step in range(cfg.steps):
+        spent = (time.time() - t0) / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
+        if spent >= 1.0:
+            log.warning("clip: max_minutes=%g reached: stopping at step %d of %d", cfg.max_minutes, step, cfg.steps)
+            break
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg)
+            g["lr"] = _lr(step, cfg, spent)
         b = tr_idx[torch.randint(len(tr_idx), (min(cfg.batch_size, len(tr_idx)),), generator=gen)]
         L = int(mask[b].sum(1).max())  # trim padding to the batch's longest text
         loss = model(input_ids=ids[b, :L].to(device), attention_mask=mask[b, :L].to(device),
@@ -171,6 +177,7 @@ def train_clip(data: str | Iterable[Record], out: str, cfg: ClipTrainConfig = Cl
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.detach())
+        done = step + 1
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             log.info("clip step %d/%d loss %.4f (%.1f s)", step + 1, cfg.steps,
                      float(torch.stack(losses[-100:]).mean()), time.time() - t0)
@@ -181,7 +188,7 @@ def train_clip(data: str | Iterable[Record], out: str, cfg: ClipTrainConfig = Cl
     os.makedirs(out, exist_ok=True)
     encoder.save(out)
     metrics = evaluate_retrieval(encoder, pixels[held], [texts[i] for i in held])
-    metrics.update(train_seconds=round(train_s, 1), steps=cfg.steps,
+    metrics.update(train_seconds=round(train_s, 1), steps=done,
                    final_loss=float(torch.stack(losses[-50:]).mean()) if losses else None)
     with open(os.path.join(out, CONFIG_NAME), "w") as f:
         json.dump({"config": dataclasses.asdict(cfg), "metrics": metrics}, f, indent=2)

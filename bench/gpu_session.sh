@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One lent-GPU session (the `device` tool: one H100/H200, 16 cores, no network, ~10 minutes a call), prepared to
+# run as ONE command from the repository root with `carry: [".whl"]` (diffusers, webdataset and braceexpand
+# wheels; the device image has torch, transformers, accelerate, tokenizers, rich, pyarrow).
+#
+# Side by side on the one GPU, each job time-boxed so that all end inside BUDGET seconds:
+#   A. bench/world_t2i.py: world VAE (vae-world-large, LATENT_A channels) -> oracle exact-scene rate on 300
+#      held-out reconstructions -> t5-world pretrained then frozen -> U-Net on --blend descriptive=0.95,alt=0.05
+#      -> oracle judge on single-object colour prompts (issue 5's two GPU targets);
+#   B. bench/world_t2i.py --vae-only with LATENT_B channels (the other latent width, for comparison);
+#   C. bench/bench_captioner.py --device cuda --finetune-vision: world CLIP on alt-text, then the three
+#      captioner stages, then the audits of 1,000 held-out captions (issue 3's targets).
+# What comes back ($OUT, at most 8 files): results.tgz (logs, JSON, grids) and, split into 15 MB parts, run A's
+# exported model (VAE, text encoder, U-Net) with float16 weights: `cat t2i_model.tgz.part-* | tar xz` gives a
+# folder that `recaption generate --model` and `T2IPipeline.from_pretrained` read (the libraries cast the
+# weights to the models' float32 on load).
+#
+# Usage (device tool): bash bench/gpu_session.sh [BUDGET_S] [VAE_MIN] [UNET_MIN]
+# Smoke test of the plumbing on a CPU: QUICK=1 OUT=/tmp/gpu_smoke bash bench/gpu_session.sh 400
+set -u
+BUDGET=${1:-540}; VAE_MIN=${2:-3.3}; UNET_MIN=${3:-2.4}
+LATENT_A=${LATENT_A:-16}; LATENT_B=${LATENT_B:-4}
+CAP_CLIP_MIN=${CAP_CLIP_MIN:-1.8}; CAP_STAGE_MIN=${CAP_STAGE_MIN:-1.8,0.5,1.0}
+T0=$(date +%s)
+OUT=${OUT:-/tmp/gpu_out}; R=/tmp/gpu_results; mkdir -p "$OUT" "$R"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$R/gpu.txt" 2>&1
+python3 -c "import torch, transformers, diffusers, accelerate, recaption.t2i.train, recaption.captioners.train_prefix; \
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, \
+'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)" 2>&1 | tee "$R/versions.txt"
+F="Writing model\|Loading weights\|it/s\]"
+if [ "${QUICK:-0}" = 1 ]; then  # CPU smoke test: tiny sizes, same plumbing
+  WQ="--quick"; CQ="--train-n 300 --heldout-n 40 --device cpu"; CAP_CLIP_MIN=0.2; CAP_STAGE_MIN=0.2,0.1,0.1
+else
+  WQ=""; CQ="--train-n 20000 --heldout-n 1000 --device cuda"
+fi
+OMP_NUM_THREADS=5 python3 bench/world_t2i.py $WQ --out /tmp/wA --latent-channels "$LATENT_A" --vae-minutes "$VAE_MIN" \
+  --unet-minutes "$UNET_MIN" --results "$R/t2i_A.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_A.log" &
+PA=$!
+OMP_NUM_THREADS=4 python3 bench/world_t2i.py $WQ --out /tmp/wB --latent-channels "$LATENT_B" --vae-only \
+  --vae-minutes "$VAE_MIN" --results "$R/vae_B.json" 2>&1 | grep --line-buffered -v "$F" > "$R/vae_B.log" &
+PB=$!
+OMP_NUM_THREADS=5 python3 bench/bench_captioner.py $CQ --finetune-vision \
+  --clip-steps 100000 --clip-minutes "$CAP_CLIP_MIN" --alt-steps 100000 --short-steps 100000 --desc-steps 100000 \
+  --stage-minutes "$CAP_STAGE_MIN" --alt-batch "${ALT_BATCH:-128}" --clip-batch "${CLIP_BATCH:-256}" --batch-size 256 --out /tmp/cap --json "$R/captioner.json" \
+  2>&1 | grep --line-buffered -v "$F" > "$R/captioner.log" &
+PC=$!
+# watchdog: whatever still runs at BUDGET is stopped, so the results below are always packed and returned
+( while [ $(( $(date +%s) - T0 )) -lt "$BUDGET" ]; do sleep 5; done
+  echo "watchdog: budget ${BUDGET}s reached, stopping what still runs" >> "$R/watchdog.txt"
+  pkill -TERM -f "bench/world_t2i.py|bench/bench_captioner.py"; sleep 5
+  pkill -KILL -f "bench/world_t2i.py|bench/bench_captioner.py" ) &
+PW=$!
+for p in $PA $PB $PC; do wait "$p"; done
+kill "$PW" 2>/dev/null
+echo "jobs done at $(( $(date +%s) - T0 )) s" | tee -a "$R/watchdog.txt"
+cp /tmp/wA/test_grid.png "$R/t2i_A_test_grid.png" 2>/dev/null
+cp /tmp/wA/vae/recon_example.png "$R/vae_A_recon.png" 2>/dev/null
+cp /tmp/wB/vae/recon_example.png "$R/vae_B_recon.png" 2>/dev/null
+cp /tmp/wA/t2i/logs/train.csv "$R/t2i_A_unet_train.csv" 2>/dev/null
+cp /tmp/wA/vae/logs/train.csv "$R/t2i_A_vae_train.csv" 2>/dev/null
+cp /tmp/wB/vae/logs/train.csv "$R/vae_B_train.csv" 2>/dev/null
+cp -r /tmp/wA/t2i/samples "$R/t2i_A_samples" 2>/dev/null
+tar czf "$OUT/results.tgz" -C "$R" .
+# run A's exported model in float16 (weights only; configs and tokenizer as they are), split for the return limit
+if [ -f /tmp/wA/t2i/unet/config.json ]; then
+  python3 - <<'EOF'
+import pathlib, shutil
+from safetensors.torch import load_file, save_file
+src, dst = pathlib.Path("/tmp/wA/t2i"), pathlib.Path("/tmp/pack/t2i_A")
+shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "logs", "samples"))
+for f in dst.rglob("*.safetensors"):
+    t = load_file(f)
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in t.items()}, f)
+EOF
+  tar czf - -C /tmp/pack t2i_A | split -b 15m - "$OUT/t2i_model.tgz.part-"
+fi
+ls -la "$OUT"; echo "total $(( $(date +%s) - T0 )) s"
