@@ -420,12 +420,17 @@ def test_checkpoints_hold_ema_unets_one_can_sample_from(trained):
     p4 = T2IPipeline.from_pretrained(out, device="cpu", checkpoint=4)
     a, b = p2(["a red square, left"], seed=1, steps=3), p4(["a red square, left"], seed=1, steps=3)
     assert not np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    swap = T2IPipeline.from_pretrained(out, device="cpu")  # one load, then swap checkpoints in place
+    for step, want in ((2, a), (4, b)):
+        swap.use_checkpoint(out, step)
+        got = swap(["a red square, left"], seed=1, steps=3)
+        assert np.array_equal(np.asarray(got[0]), np.asarray(want[0])) and swap.name.endswith(f"@{step}")
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 3 .*have: 2, 4"):
         T2IPipeline.from_pretrained(out, device="cpu", checkpoint=3)
 
 
 @pytest.mark.slow
-def test_clip_curve_scores_every_checkpoint_per_field(trained, tmp_path, capsys):
+def test_clip_curve_scores_every_checkpoint_per_field(trained, tmp_path, capsys, monkeypatch):
     from typer.testing import CliRunner
 
     from recaption import io as rio
@@ -433,6 +438,7 @@ def test_clip_curve_scores_every_checkpoint_per_field(trained, tmp_path, capsys)
     from recaption.cli import app, main
     from recaption.eval.curve import clip_curve, parse_model_specs
     from recaption.eval.report import read_points
+    from recaption.t2i.generate import T2IPipeline
 
     recs = make_records(8, missing_every=0)
     with rio.open_writer(str(tmp_path / "evalset"), "wds") as w:
@@ -440,9 +446,13 @@ def test_clip_curve_scores_every_checkpoint_per_field(trained, tmp_path, capsys)
             w.write(r)
     clip = tiny_clip(str(tmp_path / "clip"))
     models = parse_model_specs([f"a={trained.out}", f"b={trained.out}"])
+    loads, real = [], T2IPipeline.from_pretrained.__func__
+    monkeypatch.setattr(T2IPipeline, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(a[0]) or real(cls, *a, **k)))
     res = clip_curve(models, clip, str(tmp_path / "evalset"), ["alt", "descriptive"], limit=5, steps=3,
                      out_dir=tmp_path / "curve", progress=False)
     assert res["n_prompts"] == {"alt": 5, "descriptive": 5}
+    assert len(loads) == 2  # one whole-pipeline load per model; checkpoints are swapped in
     for f in ("alt", "descriptive"):
         pts = res["points"][f]
         assert [(m, s) for m, s, _ in pts] == [("a", 2), ("a", 4), ("b", 2), ("b", 4)]
@@ -480,3 +490,20 @@ def test_bf16_mixed_precision_trains_samples_and_exports_float32(tmp_path, vae_d
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
     rows = (tmp_path / "run" / "logs" / "train.csv").read_text().splitlines()
     assert rows[-1].split(",")[0] == "2" and "nan" not in rows[-1]
+
+
+def test_use_checkpoint_swaps_a_jointly_trained_text_encoder_too(tmp_path, vae_dir):
+    from recaption.t2i.generate import T2IPipeline
+    from recaption.t2i.train import train_t2i
+
+    cfg = tiny_cfg(tmp_path, vae_dir, steps=4, text_mode="joint", keep_checkpoints=2)
+    train_t2i(cfg, records=make_records(12))
+    at2 = T2IPipeline.from_pretrained(cfg.out, device="cpu", checkpoint=2)
+    pipe = T2IPipeline.from_pretrained(cfg.out, device="cpu")  # the final export: step 4's text encoder
+    t_final = {k: v.clone() for k, v in pipe.text.model.state_dict().items()}
+    pipe.use_checkpoint(cfg.out, 2)
+    t2 = pipe.text.model.state_dict()
+    assert all(torch.equal(t2[k], v) for k, v in at2.text.model.state_dict().items())
+    assert not all(torch.equal(t2[k], t_final[k]) for k in t2)  # it did change: the text encoder trained
+    with pytest.raises(FileNotFoundError, match="no checkpoint at step 3"):
+        pipe.use_checkpoint(cfg.out, 3)

@@ -68,8 +68,9 @@ def clip_curve(models: dict[str, str], clip: str, records: str, fields: list[str
     bar = tqdm(total=sum(len(v) for v in plan.values()) * len(fields), unit="ckpt-field", desc="clip curve",
                disable=not progress)
     for name, ck in plan.items():
+        pipe = T2IPipeline.from_pretrained(models[name], device=device)  # VAE and text encoder loaded once
         for step in ck:
-            pipe = T2IPipeline.from_pretrained(models[name], device=device, checkpoint=step)
+            pipe.use_checkpoint(models[name], step)
             for f in fields:
                 images = pipe(prompts[f], seed=seed, guidance=guidance, steps=steps, sampler=sampler,
                               batch_size=batch_size)

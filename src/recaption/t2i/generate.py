@@ -59,26 +59,34 @@ class T2IPipeline:
         d = Path(model_dir)
         if not (d / "unet").is_dir():
             raise FileNotFoundError(f"{d} is not a t2i model directory (no unet/ inside)")
-        device = torch.device(device) if device else auto_device()
-        unet_dir, ckpt = d / "unet", None
         if checkpoint is not None:
-            ckpt = checkpoint_dir(d, checkpoint)
-            if not (ckpt / "unet_ema").is_dir():
-                have = ", ".join(str(s) for s in checkpoint_steps(d)) or "none with EMA weights"
-                raise FileNotFoundError(f"{d}: no checkpoint at step {checkpoint} with EMA weights (have: {have})")
-            unet_dir = ckpt / "unet_ema"
-        unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=dtype).to(device).eval()
+            _checkpoint_with_ema(d, checkpoint)  # before loading anything: a wrong step fails fast
+        device = torch.device(device) if device else auto_device()
+        unet = UNet2DConditionModel.from_pretrained(str(d / "unet"), torch_dtype=dtype).to(device).eval()
         vae = AutoencoderKL.from_pretrained(str(d / "vae"), torch_dtype=dtype).to(device).eval()
         run = json.loads((d / "run_config.json").read_text()) if (d / "run_config.json").exists() else {}
         diffusion = config_from_dict(run["diffusion"], DiffusionConfig) if "diffusion" in run else \
             _diffusion_from_scheduler(d / "scheduler")
         info = json.loads((d / "run_info.json").read_text()) if (d / "run_info.json").exists() else {}
         text = load_text_encoder(str(d), max_length=info.get("text_max_length"))
-        if ckpt is not None and (ckpt / "text_encoder.pt").is_file():  # trained with the U-Net: its state then
-            text.model.load_state_dict(torch.load(ckpt / "text_encoder.pt", map_location="cpu", weights_only=True))
         text.model.to(device=device, dtype=dtype or torch.float32).eval()
-        return cls(unet=unet, vae=vae, text=text, diffusion=diffusion, latent_size=int(unet.config.sample_size),
-                   name=str(d) if ckpt is None else f"{d}@{checkpoint}")
+        pipe = cls(unet=unet, vae=vae, text=text, diffusion=diffusion, latent_size=int(unet.config.sample_size),
+                   name=str(d))
+        if checkpoint is not None:
+            pipe.use_checkpoint(d, checkpoint)
+        return pipe
+
+    def use_checkpoint(self, model_dir: str | Path, step: int) -> None:
+        """Swap in the EMA U-Net of checkpoint ``step`` of run ``model_dir`` (and its text encoder, when that was
+        trained with the U-Net), in place: a curve over many checkpoints loads the VAE and text encoder once."""
+        from diffusers import UNet2DConditionModel
+
+        ckpt = _checkpoint_with_ema(Path(model_dir), step)
+        ema = UNet2DConditionModel.from_pretrained(str(ckpt / "unet_ema"))
+        self.unet.load_state_dict(ema.state_dict())  # copies into this U-Net's device and dtype
+        if (ckpt / "text_encoder.pt").is_file():
+            self.text.model.load_state_dict(torch.load(ckpt / "text_encoder.pt", map_location="cpu", weights_only=True))
+        self.name = f"{Path(model_dir)}@{step}"
 
     @torch.no_grad()
     def latents(self, prompts: Sequence[str], seed: int, guidance: float = 2.0, steps: int = 25,
@@ -120,6 +128,14 @@ class T2IPipeline:
             self.unet.train(modes[0])
             self.text.model.train(modes[1])
         return images
+
+
+def _checkpoint_with_ema(d: Path, step: int) -> Path:
+    ckpt = checkpoint_dir(d, step)
+    if not (ckpt / "unet_ema").is_dir():
+        have = ", ".join(str(s) for s in checkpoint_steps(d)) or "none with EMA weights"
+        raise FileNotFoundError(f"{d}: no checkpoint at step {step} with EMA weights (have: {have})")
+    return ckpt
 
 
 def checkpoint_steps(model_dir: str | Path) -> list[int]:
