@@ -124,12 +124,14 @@ def main() -> None:
     ap.add_argument("--text-steps", type=int, default=0, help="override the preset's text-encoder pretraining steps")
     ap.add_argument("--vae-minutes", type=float, default=0, help="override the preset's VAE time box")
     ap.add_argument("--unet-minutes", type=float, default=0, help="override the preset's U-Net time box")
+    ap.add_argument("--vae-init", default="", help="continue this saved VAE instead of starting one from scratch")
+    ap.add_argument("--vae-lr", type=float, default=0, help="override the preset's VAE learning rate")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/data and OUT/vae when present")
     ap.add_argument("--results", default="", help="also write results.json here after every stage")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     P = dict(QUICK if args.quick else CPU if args.preset == "cpu" else FULL)
-    for k in ("unet_steps", "vae_steps", "n_train", "vae_minutes", "unet_minutes", "text_steps"):
+    for k in ("unet_steps", "vae_steps", "n_train", "vae_minutes", "unet_minutes", "text_steps", "vae_lr"):
         if getattr(args, k):
             P[k] = getattr(args, k)
     cuda = torch.cuda.is_available()
@@ -146,7 +148,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     res: dict = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
                  "preset": "quick" if args.quick else args.preset, **{k: v for k, v in P.items()},
-                 "text_mode": args.text_mode, "latent_channels": args.latent_channels, "timings_s": {}}
+                 "text_mode": args.text_mode, "latent_channels": args.latent_channels, "vae_init": args.vae_init,
+                 "timings_s": {}}
     T = res["timings_s"]
     t0 = time.time()
 
@@ -177,7 +180,8 @@ def main() -> None:
         vcfg = dataclasses.replace(VAE_SIZES[P["vae"]], latent_channels=args.latent_channels)
         train_vae(VAETrainConfig(data=str(data), out=str(vae_dir), vae=vcfg, steps=P["vae_steps"],
                                  batch_size=P["vae_batch"], lr=P["vae_lr"], mixed_precision=mp,
-                                 log_every=max(1, min(200, P["vae_steps"] // 20)), max_minutes=P["vae_minutes"]),
+                                 log_every=max(1, min(200, P["vae_steps"] // 20)), max_minutes=P["vae_minutes"],
+                                 init=args.vae_init),
                   device=device)
     T["vae_train"] = round(time.time() - t, 1)
     res["vae_steps_done"], res["vae_final_loss"] = last_logged(vae_dir)

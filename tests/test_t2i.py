@@ -377,6 +377,15 @@ def test_vae_train_and_cli_round_trip(tmp_path):
           "--batch-size", "4", "--image-size", "16", "--sample-every", "0", "--cache-dir", str(tmp_path / "c"),
           "--seed", "1"])
     assert (tmp_path / "run" / "unet" / "config.json").exists()
+    # continuing the VAE starts from its weights (not a fresh init) and keeps its geometry
+    main(["vae", "train", "--data", str(data), "--out", str(tmp_path / "vae2"), "--steps", "1", "--lr", "1e-12",
+          "--init", str(tmp_path / "vae"), "--image-size", "16", "--batch-size", "4"])
+    vae2 = AutoencoderKL.from_pretrained(tmp_path / "vae2")
+    assert vae2.config.block_out_channels == vae.config.block_out_channels
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(vae.parameters(), vae2.parameters(), strict=True))
+    res = CliRunner().invoke(app, ["vae", "train", "--data", str(data), "--out", str(tmp_path / "v3"),
+                                   "--init", str(tmp_path / "nope")])
+    assert res.exit_code != 0 and "not a saved VAE (no config.json inside)" in str(res.exception)
 
 
 def test_vae_time_box_stops_at_the_first_step_past_it(tmp_path):

@@ -5,6 +5,8 @@ Thin: each parses its options into a config and calls one library function in :m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 vae_app = typer.Typer(no_args_is_help=True, help="The latent autoencoder (diffusers AutoencoderKL).")
@@ -31,8 +33,9 @@ def vae_train(
     limit: int = typer.Option(0, help="Use at most this many records (0: all)."),
     mixed_precision: str = typer.Option("no", help="no | bf16 (GPU)."),
     max_minutes: float = typer.Option(0.0, help="Time box: stop (and save) after this many minutes (0: none)."),
+    init: str = typer.Option("", help="Continue this saved VAE (its geometry; --size is then ignored)."),
 ) -> None:
-    """Train a VAE from scratch on a dataset's images."""
+    """Train a VAE on a dataset's images, from scratch or continuing a saved one (--init)."""
     import dataclasses
 
     from recaption.t2i.config import VAE_SIZES, VAETrainConfig
@@ -45,7 +48,9 @@ def vae_train(
         vcfg = dataclasses.replace(vcfg, latent_channels=latent_channels)
     cfg = VAETrainConfig(data=data, out=out, vae=vcfg, steps=steps, batch_size=batch_size, lr=lr,
                          image_size=image_size, seed=seed, limit=limit or None, mixed_precision=mixed_precision,
-                         max_minutes=max_minutes)
+                         max_minutes=max_minutes, init=init)
+    if init and not (Path(init) / "config.json").is_file():
+        raise _user_error(ValueError(f"--init {init}: not a saved VAE (no config.json inside)"))
     try:
         path = train_vae(cfg)
     except ValueError as e:

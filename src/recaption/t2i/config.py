@@ -87,7 +87,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class VAETrainConfig:
-    """``recaption vae train``: a from-scratch AutoencoderKL on a dataset's images."""
+    """``recaption vae train``: an AutoencoderKL on a dataset's images, from scratch or continued (``init``)."""
 
     data: str = ""
     out: str = ""
@@ -102,6 +102,7 @@ class VAETrainConfig:
     log_every: int = 50
     limit: int | None = None
     max_minutes: float = 0.0
+    init: str = ""  # a saved AutoencoderKL to continue from (its own geometry; ``vae`` is then ignored)
 
 
 @dataclass(frozen=True)

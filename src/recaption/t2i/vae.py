@@ -37,7 +37,16 @@ def train_vae(cfg: VAETrainConfig, records: Iterable[Record] | None = None,
                         .to(torch.uint8) for i in range(0, len(data), 1024)]).to(dev)  # (N, 3, H, W)
     log.info("VAE training on %d images of %d px, %s", len(data), cfg.image_size, dev)
     torch.manual_seed(cfg.seed)
-    vae = new_vae(cfg.vae).to(dev).train()
+    if cfg.init:  # continue a saved VAE (e.g. one a time-boxed run on borrowed hardware stopped)
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(cfg.init, torch_dtype=torch.float32).to(dev).train()
+        if int(vae.config.sample_size) != cfg.image_size:
+            log.warning("VAE %s was built for %s px; training it on %d px", cfg.init, vae.config.sample_size,
+                        cfg.image_size)
+        log.info("continuing VAE %s", cfg.init)
+    else:
+        vae = new_vae(cfg.vae).to(dev).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     warm = max(1, min(100, cfg.steps // 10))
     g = torch.Generator(device=dev).manual_seed(cfg.seed)
