@@ -489,8 +489,9 @@ def test_bf16_mixed_precision_trains_samples_and_exports_float32(tmp_path, vae_d
     """The path a GPU run takes (accelerate bf16 autocast), exercised on CPU, where bf16 autocast also exists."""
     from diffusers import UNet2DConditionModel
 
-    from recaption.t2i.train import train_t2i
+    from recaption.t2i.train import make_accelerator, train_t2i
 
+    make_accelerator("no")  # as when an earlier run in this process trained in float32 (CI's order did this)
     cfg = tiny_cfg(tmp_path, vae_dir, steps=2, mixed_precision="bf16", text_mode=text_mode, sample_every=2,
                    sample_steps=2)
     train_t2i(cfg, records=make_records(12))
@@ -516,3 +517,15 @@ def test_use_checkpoint_swaps_a_jointly_trained_text_encoder_too(tmp_path, vae_d
     assert not all(torch.equal(t2[k], t_final[k]) for k in t2)  # it did change: the text encoder trained
     with pytest.raises(FileNotFoundError, match="no checkpoint at step 3"):
         pipe.use_checkpoint(cfg.out, 3)
+
+
+def test_make_accelerator_changes_precision_within_one_process():
+    """accelerate refuses a second precision per process; a single-process run resets its state instead."""
+    from accelerate.state import AcceleratorState
+
+    from recaption.t2i.train import make_accelerator
+
+    assert make_accelerator("bf16").mixed_precision == "bf16"
+    assert make_accelerator("no").mixed_precision == "no"
+    assert AcceleratorState().mixed_precision == "no"
+    assert make_accelerator("no").mixed_precision == "no"  # same precision again: kept, no reset needed

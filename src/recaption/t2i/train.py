@@ -90,6 +90,27 @@ class Setup:
         return z, emb, mask, g
 
 
+def make_accelerator(mixed_precision: str) -> Any:
+    """An ``Accelerator`` at ``mixed_precision``, also when this process already made one at another precision.
+
+    accelerate keeps one process-wide state and refuses a second precision ("restart your runtime"), which
+    breaks a notebook or test session that trains twice. In a single process nothing else shares that
+    state, so it is reset; under a multi-process launch the launcher's precision stands and a different
+    request is a clear error.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, DistributedType
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        if state.get("distributed_type", DistributedType.NO) != DistributedType.NO:
+            raise ValueError(
+                f"mixed_precision={mixed_precision!r}: this distributed launch already runs at "
+                f"{state.get('_mixed_precision')!r}; pass the precision to the launcher instead")
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision)
+
+
 def train_t2i(cfg: T2ITrainConfig, records: Iterable[Record] | None = None, resume: bool = False,
               on_step: Callable[[int], None] | None = None) -> Path:
     """Train a text-to-image model per ``cfg`` (on ``records`` if given, else ``cfg.data``); returns ``cfg.out``.
@@ -97,10 +118,8 @@ def train_t2i(cfg: T2ITrainConfig, records: Iterable[Record] | None = None, resu
     With ``resume``, continues exactly from the newest checkpoint in ``cfg.out``. ``on_step(step)`` is
     called after every optimizer step (tests use it to kill a run).
     """
-    from accelerate import Accelerator
-
     out = Path(cfg.out)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    acc = make_accelerator(cfg.mixed_precision)
     ckpt = ck.latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
         log.warning("--resume: no checkpoint in %s; starting from step 0", out)
