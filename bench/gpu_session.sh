@@ -16,10 +16,16 @@
 # weights to the models' float32 on load).
 #
 # Usage (device tool): bash bench/gpu_session.sh [BUDGET_S] [VAE_MIN] [UNET_MIN]
+#   JOBS="A B C" (default) picks the jobs; a job alone has the GPU to itself (three side by side time-slice it:
+#   the VAE ran ~150 ms a step beside two others, 53 ms alone). VAE_INIT=DIR continues a saved VAE in job A
+#   (carry DIR too), e.g. a VAE brought back as vae_A.tgz by an earlier call (the one of 0.77-0.80 exact from the
+#   first GPU session was lost with its machine's ignored bench_out/):
+#   JOBS=A VAE_INIT=bench_out/vae_A TEXT_MODE=joint bash bench/gpu_session.sh 540 5 3.5
+#   (TEXT_MODE=joint: in the world a text encoder trained with the U-Net serves better; bench/RESULTS.md)
 # Smoke test of the plumbing on a CPU: QUICK=1 OUT=/tmp/gpu_smoke bash bench/gpu_session.sh 400
 set -u
 BUDGET=${1:-540}; VAE_MIN=${2:-3.3}; UNET_MIN=${3:-2.4}
-LATENT_A=${LATENT_A:-16}; LATENT_B=${LATENT_B:-4}
+LATENT_A=${LATENT_A:-16}; LATENT_B=${LATENT_B:-4}; JOBS=${JOBS:-A B C}; VAE_INIT=${VAE_INIT:-}
 CAP_CLIP_MIN=${CAP_CLIP_MIN:-1.8}; CAP_STAGE_MIN=${CAP_STAGE_MIN:-1.8,0.5,1.0}
 T0=$(date +%s)
 OUT=${OUT:-/tmp/gpu_out}; R=/tmp/gpu_results; rm -rf /tmp/wA /tmp/wB /tmp/cap /tmp/pack "$R"; mkdir -p "$OUT" "$R"
@@ -36,24 +42,29 @@ if [ "${QUICK:-0}" = 1 ]; then  # CPU smoke test: tiny sizes, same plumbing
 else
   WQ=""; CQ="--train-n 20000 --heldout-n 1000 --device cuda"
 fi
+PIDS=""
+INIT=""; [ -n "$VAE_INIT" ] && INIT="--vae-init $VAE_INIT --vae-lr ${VAE_LR:-5e-4}"
+case " $JOBS " in *" A "*)
 OMP_NUM_THREADS=5 python3 bench/world_t2i.py $WQ --out /tmp/wA --latent-channels "$LATENT_A" --vae-minutes "$VAE_MIN" \
-  --unet-minutes "$UNET_MIN" --results "$R/t2i_A.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_A.log" &
-PA=$!
+  --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" $INIT --results "$R/t2i_A.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_A.log" &
+PIDS="$PIDS $!";; esac
+case " $JOBS " in *" B "*)
 OMP_NUM_THREADS=5 python3 bench/world_t2i.py $WQ --out /tmp/wB --latent-channels "$LATENT_B" --vae-minutes "$VAE_MIN" \
-  --unet-minutes "$UNET_MIN" --results "$R/t2i_B.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_B.log" &
-PB=$!
+  --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" --results "$R/t2i_B.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_B.log" &
+PIDS="$PIDS $!";; esac
+case " $JOBS " in *" C "*)
 OMP_NUM_THREADS=5 python3 bench/bench_captioner.py $CQ --finetune-vision \
   --clip-steps 100000 --clip-minutes "$CAP_CLIP_MIN" --alt-steps 100000 --short-steps 100000 --desc-steps 100000 \
   --stage-minutes "$CAP_STAGE_MIN" --alt-batch "${ALT_BATCH:-128}" --clip-batch "${CLIP_BATCH:-256}" --batch-size 256 --out /tmp/cap --json "$R/captioner.json" \
   2>&1 | grep --line-buffered -v "$F" > "$R/captioner.log" &
-PC=$!
+PIDS="$PIDS $!";; esac
 # watchdog: whatever still runs at BUDGET is stopped, so the results below are always packed and returned
 ( while [ $(( $(date +%s) - T0 )) -lt "$BUDGET" ]; do sleep 5; done
   echo "watchdog: budget ${BUDGET}s reached, stopping what still runs" >> "$R/watchdog.txt"
   pkill -TERM -f "bench/world_t2i.py|bench/bench_captioner.py"; sleep 5
   pkill -KILL -f "bench/world_t2i.py|bench/bench_captioner.py" ) &
 PW=$!
-for p in $PA $PB $PC; do wait "$p"; done
+for p in $PIDS; do wait "$p"; done
 kill "$PW" 2>/dev/null
 echo "jobs done at $(( $(date +%s) - T0 )) s" | tee -a "$R/watchdog.txt"
 for X in A B; do
@@ -85,5 +96,13 @@ for f in dst.rglob("*.safetensors"):
     save_file({k: v.half() if v.is_floating_point() else v for k, v in t.items()}, f)
 EOF
   tar czf - -C /tmp/pack "t2i_$BEST" | split -b 15m - "$OUT/t2i_model.tgz.part-"
+elif [ -f /tmp/wA/vae/config.json ]; then  # stopped before the U-Net was exported: bring back the VAE alone
+  mkdir -p /tmp/pack && cp -r /tmp/wA/vae /tmp/pack/vae_A && python3 - <<'EOF'
+import glob
+from safetensors.torch import load_file, save_file
+for f in glob.glob("/tmp/pack/vae_A/*.safetensors"):
+    save_file({k: v.half() for k, v in load_file(f).items()}, f)
+EOF
+  tar czf "$OUT/vae_A.tgz" -C /tmp/pack vae_A
 fi
 ls -la "$OUT"; echo "total $(( $(date +%s) - T0 )) s"
