@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--stage-minutes", default="0,0,0",
                     help="time boxes of the alt, short and descriptive stages in minutes (0: none)")
     ap.add_argument("--clip-batch", type=int, default=128)
+    ap.add_argument("--clip-arch", choices=("vit", "resnet"), default="vit", help="the world CLIP's image tower")
     ap.add_argument("--alt-batch", type=int, default=0, help="stage-1 training batch (0: the stage default)")
     ap.add_argument("--json", default=None, help="write all figures here (default OUT/bench.json)")
     args = ap.parse_args()
@@ -83,7 +84,8 @@ def main() -> None:
         res["clip"]["reused_from"] = args.clip_from
     else:
         res["clip"] = train_clip(train, f"{args.out}/clip", ClipTrainConfig(
-            steps=args.clip_steps, batch_size=args.clip_batch, max_minutes=args.clip_minutes), device=args.device)
+            steps=args.clip_steps, batch_size=args.clip_batch, max_minutes=args.clip_minutes,
+            vision_arch=args.clip_arch), device=args.device)
     res["clip"]["wall_seconds"] = round(time.time() - t, 1)
     dump()
     model_cfg = ClipPrefixConfig(finetune_vision=args.finetune_vision)

@@ -9,8 +9,9 @@ Pooled vs patch tokens: we feed the **patch tokens** (with the class token) of l
 the single pooled embedding. The pooled vector is trained to match alt-text, which rarely mentions
 positions, counts or fills, so it keeps little of them; the patch tokens still carry *where* things are
 (one token per image region) and *how many* there are (one region each), which descriptive captions must
-state. LLaVA takes the penultimate layer for the same reason (``clip_layer=-2``, the default): the last
-layer is the most specialised to the contrastive objective. ``prefix_pool`` averages k x k patches to cut
+state. LLaVA takes the penultimate layer for the same reason (``clip_layer=-2``, a ViT's default): the last
+layer is the most specialised to the contrastive objective. A ResNet tower (``recaption.clip.conv``) gives
+its last stage's feature map instead (default -1: 8x8 positions at 64 px, its spatial mean first). ``prefix_pool`` averages k x k patches to cut
 the prefix length when the LM's cost matters more than fine detail; ``prefix="pooled"`` gives ClipCap's
 original single-vector variant for comparison.
 
@@ -69,7 +70,7 @@ class ClipPrefixConfig:
     lm: str = ""
     stage: str = "alt"
     prefix: str = "patch"  # "patch" (class + patch tokens) or "pooled" (the projected image embedding)
-    clip_layer: int = -2
+    clip_layer: int | None = None  # None: the tower's default (a ViT's penultimate layer, a ResNet's last stage)
     prefix_pool: int = 1
     prefix_len: int = 0  # 0 = every image token is a prefix token; K > 0 = a resampler of K learned queries
     mapper_layers: int = 1
@@ -180,12 +181,24 @@ def clip_geometry(encoder: Any) -> tuple[int, tuple, tuple]:
     return int(size), tuple(p.image_mean), tuple(p.image_std)
 
 
+def feature_layer(cfg: ClipPrefixConfig, encoder: Any) -> int:
+    """Which hidden state of the vision tower the prefix reads: ``cfg.clip_layer``, else the tower's default."""
+    if cfg.clip_layer is not None:
+        return cfg.clip_layer
+    return getattr(encoder.model.vision_model, "default_feature_layer", -2)
+
+
+def _token_shape(cfg: ClipPrefixConfig, encoder: Any) -> tuple[int, int]:
+    """``(P, Dv)`` of the mapper's input, read off one blank image (any tower, any geometry)."""
+    size = clip_geometry(encoder)[0]
+    with torch.no_grad():
+        h = vision_tokens(encoder, torch.zeros(1, 3, size, size, dtype=torch.uint8), cfg)
+    return int(h.shape[1]), int(h.shape[2])
+
+
 def n_image_tokens(cfg: ClipPrefixConfig, encoder: Any) -> int:
-    vc = encoder.model.config.vision_config
-    if cfg.prefix == "pooled":
-        return 1
-    side = vc.image_size // vc.patch_size // cfg.prefix_pool
-    return 1 + side * side
+    """How many prefix tokens the image gives before any resampler (class/mean token + positions)."""
+    return 1 if cfg.prefix == "pooled" else _token_shape(cfg, encoder)[0]
 
 
 def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig) -> Any:
@@ -198,7 +211,7 @@ def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig) -> Any:
     if cfg.prefix == "pooled":
         f = model.get_image_features(pixel_values=px)
         return getattr(f, "pooler_output", f)[:, None, :]
-    h = model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states[cfg.clip_layer]
+    h = model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states[feature_layer(cfg, encoder)]
     if cfg.prefix_pool > 1:
         cls, grid = h[:, :1], h[:, 1:]
         B, N, D = grid.shape
@@ -226,8 +239,7 @@ def vision_params(encoder: Any, cfg: ClipPrefixConfig) -> list[Any]:
 
 
 def vision_dim(cfg: ClipPrefixConfig, encoder: Any) -> int:
-    c = encoder.model.config
-    return c.projection_dim if cfg.prefix == "pooled" else c.vision_config.hidden_size
+    return encoder.model.config.projection_dim if cfg.prefix == "pooled" else _token_shape(cfg, encoder)[1]
 
 
 # -- building, saving, loading ----------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class ClipEncoder:
 
 
 def load_clip(name_or_path: str = DEFAULT_CLIP, device: str = "cpu", dtype: str | None = None) -> ClipEncoder:
-    """Load a CLIP by hub name or local path (pretrained OpenAI CLIP, or a world CLIP we saved)."""
+    """Load a CLIP by hub name or local path (pretrained OpenAI CLIP, or a world CLIP we saved, ViT or ResNet)."""
     import torch
     from transformers import AutoTokenizer, CLIPModel
 
@@ -91,9 +91,14 @@ def load_clip(name_or_path: str = DEFAULT_CLIP, device: str = "cpu", dtype: str 
     except ImportError:  # older transformers
         from transformers import CLIPImageProcessor as _Proc
 
+    from recaption.clip.conv import ConvClipModel, is_conv_clip
+
     kw = {"dtype": getattr(torch, dtype)} if dtype else {}
     try:
-        model = CLIPModel.from_pretrained(name_or_path, **kw)
+        if is_conv_clip(name_or_path):  # a world CLIP with a ResNet image tower (recaption.clip.conv)
+            model = ConvClipModel.from_pretrained(name_or_path, **kw)
+        else:
+            model = CLIPModel.from_pretrained(name_or_path, **kw)
         tok = AutoTokenizer.from_pretrained(name_or_path)
         proc = _Proc.from_pretrained(name_or_path)
     except OSError as e:

@@ -35,6 +35,7 @@ from recaption.records import Record
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "clip_train.json"
+VISION_ARCHS = ("vit", "resnet")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class ClipTrainConfig:
     weight_decay: float = 0.1
     warmup: int = 100
     image_size: int = 64
+    vision_arch: str = "vit"  # "vit" (CLIPModel) or "resnet" (recaption.clip.conv: learns shapes far sooner)
     patch_size: int = 8
     vision_width: int = 128
     vision_layers: int = 4
@@ -60,16 +62,37 @@ class ClipTrainConfig:
     heldout: int = 500
     seed: int = 0
     max_minutes: float = 0.0  # > 0: a time box; the cosine then runs over steps or time, whichever ends first
+    resnet_stem: int = 32  # vision_arch="resnet": stem width, stage widths and depths (two stages: 8x8 at 64 px)
+    resnet_widths: tuple[int, ...] = (64, 128)
+    resnet_depths: tuple[int, ...] = (2, 2)
+
+    def __post_init__(self) -> None:
+        if self.vision_arch not in VISION_ARCHS:
+            raise ValueError(f"vision_arch must be one of {VISION_ARCHS}, got {self.vision_arch!r}")
+        if len(self.resnet_widths) != len(self.resnet_depths):
+            raise ValueError(f"resnet_widths {self.resnet_widths} and resnet_depths {self.resnet_depths} "
+                             "must have one entry per stage")
 
 
 def build_clip(cfg: ClipTrainConfig, tokenizer: Any) -> Any:
-    """A randomly initialised CLIPModel of the configured (tiny) size, matched to ``tokenizer``."""
-    from transformers import CLIPConfig, CLIPModel
+    """A randomly initialised CLIP of the configured (tiny) size, matched to ``tokenizer``.
+
+    ``vision_arch="vit"``: the library's CLIPModel; ``"resnet"``: :class:`recaption.clip.conv.ConvClipModel`
+    (a transformers ResNetModel image tower beside the same CLIP text tower).
+    """
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, ResNetConfig
 
     text = dict(vocab_size=len(tokenizer), hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
                 num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.heads,
                 max_position_embeddings=cfg.max_text_tokens, bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if cfg.vision_arch == "resnet":
+        from recaption.clip.conv import ConvClipModel
+
+        resnet = ResNetConfig(embedding_size=cfg.resnet_stem, hidden_sizes=list(cfg.resnet_widths),
+                              depths=list(cfg.resnet_depths), layer_type="basic", downsample_in_first_stage=False)
+        return ConvClipModel(resnet, CLIPTextConfig(**text), projection_dim=cfg.projection_dim,
+                             image_size=cfg.image_size)
     vision = dict(hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
                   num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads,
                   image_size=cfg.image_size, patch_size=cfg.patch_size)
