@@ -22,6 +22,7 @@
 #   first GPU session was lost with its machine's ignored bench_out/):
 #   JOBS=A VAE_INIT=bench_out/vae_A TEXT_MODE=joint bash bench/gpu_session.sh 540 5 3.5
 #   (TEXT_MODE=joint: in the world a text encoder trained with the U-Net serves better; bench/RESULTS.md)
+#   UNET_BATCH=N overrides world_t2i's U-Net batch (1024 in its full preset: a GPU step is launch-bound).
 # Smoke test of the plumbing on a CPU: QUICK=1 OUT=/tmp/gpu_smoke bash bench/gpu_session.sh 400
 set -u
 BUDGET=${1:-540}; VAE_MIN=${2:-3.3}; UNET_MIN=${3:-2.4}
@@ -46,11 +47,11 @@ PIDS=""
 INIT=""; [ -n "$VAE_INIT" ] && INIT="--vae-init $VAE_INIT --vae-lr ${VAE_LR:-5e-4}"
 case " $JOBS " in *" A "*)
 OMP_NUM_THREADS=5 python3 bench/world_t2i.py $WQ --out /tmp/wA --latent-channels "$LATENT_A" --vae-minutes "$VAE_MIN" \
-  --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" $INIT --results "$R/t2i_A.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_A.log" &
+  --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" $INIT ${UNET_BATCH:+--unet-batch $UNET_BATCH} --results "$R/t2i_A.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_A.log" &
 PIDS="$PIDS $!";; esac
 case " $JOBS " in *" B "*)
 OMP_NUM_THREADS=5 python3 bench/world_t2i.py $WQ --out /tmp/wB --latent-channels "$LATENT_B" --vae-minutes "$VAE_MIN" \
-  --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" --results "$R/t2i_B.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_B.log" &
+  --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" ${UNET_BATCH:+--unet-batch $UNET_BATCH} --results "$R/t2i_B.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_B.log" &
 PIDS="$PIDS $!";; esac
 case " $JOBS " in *" C "*)
 OMP_NUM_THREADS=5 python3 bench/bench_captioner.py $CQ --finetune-vision \

@@ -32,8 +32,10 @@ import torch
 log = logging.getLogger("world_t2i")
 
 # Steps are upper bounds; vae_minutes / unet_minutes time-box the two training stages on borrowed hardware.
+# Batch 1024 for the U-Net: on an H100 a step at 256 kept the GPU busy ~20 ms of 146 (kernel launches bound it;
+# bench/profile_t2i_step.py), so a 4x batch costs little more time a step (bench/RESULTS.md).
 FULL = dict(n_train=30000, n_heldout=300, vae="vae-world-large", vae_steps=20000, vae_batch=128, vae_lr=1e-3,
-            vae_minutes=2.0, text_steps=1000, unet="unet-world-large", unet_steps=20000, unet_batch=256, lr=3e-4,
+            vae_minutes=2.0, text_steps=1000, unet="unet-world-large", unet_steps=20000, unet_batch=1024, lr=5e-4,
             unet_minutes=3.0, sample_steps=25, guidances=(1.0, 2.0, 3.0, 5.0), seeds_per_prompt=4, workers=16)
 # Two CPU cores, about an hour: the small world VAE and U-Net, time-boxed (steps are upper bounds).
 CPU = dict(n_train=10000, n_heldout=300, vae="vae-world", vae_steps=20000, vae_batch=32, vae_lr=1e-3,
@@ -77,6 +79,31 @@ def score(pipe, prompts, guidance: float, seeds: int, steps: int, seed0: int = 0
     images = pipe(texts, seed=seed0, guidance=guidance, steps=steps, sampler="ddim", batch_size=256)
     ok = [judge(img, p).correct for img, p in zip(images, [p for p in prompts for _ in range(seeds)], strict=True)]
     return sum(ok) / max(1, len(ok)), images
+
+
+def evaluate(model: Path, P: dict, device, out: Path, quick: bool) -> dict:
+    """Guidance chosen on the validation colour prompts, then the test, held-out-pair and suite colour scores."""
+    from recaption.t2i.checkpoint import save_grid
+    from recaption.t2i.generate import T2IPipeline
+
+    res: dict = {}
+    pipe = T2IPipeline.from_pretrained(str(model), device=device)
+    val, test, held = colour_prompts()
+    if quick:
+        val, test, held = val[:4], test[:4], held[:2]
+    seeds, st = P["seeds_per_prompt"], P["sample_steps"]
+    res["val_by_guidance"] = {str(g): score(pipe, val, g, seeds, st, seed0=1000)[0] for g in P["guidances"]}
+    g_best = float(max(res["val_by_guidance"], key=res["val_by_guidance"].get))
+    res["guidance"] = g_best
+    res["single_colour_test_correct"], images = score(pipe, test, g_best, seeds, st)
+    save_grid(images[:64], out / "test_grid.png")
+    res["heldout_pairs_correct"] = score(pipe, held, g_best, seeds, st)[0]
+    suite = suite_single_colour("test")
+    if quick:
+        suite = suite[:4]
+    res["suite_single_colour_test_correct"] = score(pipe, suite, g_best, seeds, st)[0] if suite else None
+    res["suite_single_colour_test_prompts"] = len(suite)
+    return res
 
 
 def vae_exact_rate(vae_dir: Path, n_train: int, n_heldout: int, device) -> dict:
@@ -124,14 +151,20 @@ def main() -> None:
     ap.add_argument("--text-steps", type=int, default=0, help="override the preset's text-encoder pretraining steps")
     ap.add_argument("--vae-minutes", type=float, default=0, help="override the preset's VAE time box")
     ap.add_argument("--unet-minutes", type=float, default=0, help="override the preset's U-Net time box")
+    ap.add_argument("--unet-batch", type=int, default=0, help="override the preset's U-Net batch size")
+    ap.add_argument("--vae-batch", type=int, default=0, help="override the preset's VAE batch size")
+    ap.add_argument("--lr", type=float, default=0, help="override the preset's U-Net learning rate")
     ap.add_argument("--vae-init", default="", help="continue this saved VAE instead of starting one from scratch")
     ap.add_argument("--vae-lr", type=float, default=0, help="override the preset's VAE learning rate")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/data and OUT/vae when present")
+    ap.add_argument("--eval-model", default="",
+                    help="only the colour-prompt evaluation of this saved t2i model (e.g. one a GPU run brought back)")
     ap.add_argument("--results", default="", help="also write results.json here after every stage")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     P = dict(QUICK if args.quick else CPU if args.preset == "cpu" else FULL)
-    for k in ("unet_steps", "vae_steps", "n_train", "vae_minutes", "unet_minutes", "text_steps", "vae_lr"):
+    for k in ("unet_steps", "vae_steps", "n_train", "vae_minutes", "unet_minutes", "text_steps", "vae_lr",
+              "unet_batch", "vae_batch", "lr"):
         if getattr(args, k):
             P[k] = getattr(args, k)
     cuda = torch.cuda.is_available()
@@ -158,6 +191,16 @@ def main() -> None:
         (out / "results.json").write_text(text)
         if args.results:
             Path(args.results).write_text(text)
+
+    if args.eval_model:
+        t = time.time()
+        res = {"device": res["device"], "eval_model": args.eval_model, "sample_steps": P["sample_steps"],
+               "guidances": P["guidances"], "seeds_per_prompt": P["seeds_per_prompt"], "timings_s": T}
+        res.update(evaluate(Path(args.eval_model), P, device, out, args.quick))
+        T["eval"] = round(time.time() - t, 1)
+        dump()
+        print(json.dumps(res, indent=2))
+        return
 
     # 1. data
     from recaption.world.dataset import WorldConfig, write_dataset
@@ -215,26 +258,8 @@ def main() -> None:
     dump()
 
     # 4. oracle judge on single-object colour prompts
-    from recaption.t2i.checkpoint import save_grid
-    from recaption.t2i.generate import T2IPipeline
-
     t = time.time()
-    pipe = T2IPipeline.from_pretrained(cfg.out, device=device)
-    val, test, held = colour_prompts()
-    if args.quick:
-        val, test, held = val[:4], test[:4], held[:2]
-    seeds, st = P["seeds_per_prompt"], P["sample_steps"]
-    res["val_by_guidance"] = {str(g): score(pipe, val, g, seeds, st, seed0=1000)[0] for g in P["guidances"]}
-    g_best = float(max(res["val_by_guidance"], key=res["val_by_guidance"].get))
-    res["guidance"] = g_best
-    res["single_colour_test_correct"], images = score(pipe, test, g_best, seeds, st)
-    save_grid(images[:64], out / "test_grid.png")
-    res["heldout_pairs_correct"] = score(pipe, held, g_best, seeds, st)[0]
-    suite = suite_single_colour("test")
-    if args.quick:
-        suite = suite[:4]
-    res["suite_single_colour_test_correct"] = score(pipe, suite, g_best, seeds, st)[0] if suite else None
-    res["suite_single_colour_test_prompts"] = len(suite)
+    res.update(evaluate(Path(cfg.out), P, device, out, args.quick))
     T["eval"] = round(time.time() - t, 1)
     T["total"] = round(time.time() - t0, 1)
     res["targets"] = {"vae_exact_scene_rate": ">= 0.98", "single_colour_test_correct": ">= 0.50"}

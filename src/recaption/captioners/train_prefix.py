@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recaption.captioners.caption_file import read_captions
+from recaption.optim import adamw
 from recaption.records import Record, RecordError
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
     if tune:
         cap.clip.model.train()
         groups.append({"params": vision_params(cap.clip, cap.cfg), "lr_scale": cfg.vision_lr_scale})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(groups, device, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
     if state is not None:

@@ -30,6 +30,7 @@ from recaption.clip.data import (
     normalize,
     stable_fraction,
 )
+from recaption.optim import adamw
 from recaption.records import Record
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def train_clip(data: str | Iterable[Record], out: str, cfg: ClipTrainConfig = Cl
     enc = tok(texts, padding="max_length", truncation=True, max_length=cfg.max_text_tokens, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     model = build_clip(cfg, tok).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    opt = adamw(model.parameters(), device, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
     tr_idx = torch.tensor(tr)
     t0, losses, done = time.time(), [], 0

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recaption.optim import adamw
 from recaption.t2i.config import TextEncoderConfig
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def pretrain_text_encoder(encoder: TextEncoder, captions: Sequence[str], steps: 
     sentinels = tok.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(N_SENTINELS)])
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(full.parameters(), lr=lr)
+    opt = adamw(full.parameters(), device, lr=lr)
     losses = []
     for step in range(steps):
         pick = torch.randint(len(ids), (batch_size,), generator=gen).tolist()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recaption.optim import adamw
 from recaption.records import Record
 from recaption.t2i import checkpoint as ck
 from recaption.t2i.blend import BlendSpec, CaptionBlender
@@ -205,7 +206,7 @@ def setup(cfg: T2ITrainConfig, records: Iterable[Record] | None, acc, out: Path,
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.unet, channels, size, text.dim).to(dev).train()
     params = list(unet.parameters()) + (list(text.model.parameters()) if trainable else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(params, dev, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True, model_cls=type(unet),
                    model_config=unet.config)

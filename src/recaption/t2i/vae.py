@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from recaption.optim import adamw
 from recaption.records import ORIGINAL, Record
 from recaption.t2i.checkpoint import RunLog, write_json
 from recaption.t2i.components import new_vae
@@ -47,7 +48,7 @@ def train_vae(cfg: VAETrainConfig, records: Iterable[Record] | None = None,
         log.info("continuing VAE %s", cfg.init)
     else:
         vae = new_vae(cfg.vae).to(dev).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = adamw(vae.parameters(), dev, lr=cfg.lr, weight_decay=0.0)
     warm = max(1, min(100, cfg.steps // 10))
     g = torch.Generator(device=dev).manual_seed(cfg.seed)
     autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.mixed_precision == "bf16"
