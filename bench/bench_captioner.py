@@ -45,6 +45,10 @@ def main() -> None:
                     help="time boxes of the alt, short and descriptive stages in minutes (0: none)")
     ap.add_argument("--clip-batch", type=int, default=128)
     ap.add_argument("--clip-arch", choices=("vit", "resnet"), default="vit", help="the world CLIP's image tower")
+    ap.add_argument("--prefix-pool", type=int, default=1,
+                    help="average-pool the image token grid by this factor (2: 8x8 -> 4x4, a shorter LM sequence)")
+    ap.add_argument("--vision-lr-scale", type=float, default=0.5,
+                    help="the tuned vision tower's LR relative to the LM's (with --finetune-vision)")
     ap.add_argument("--alt-batch", type=int, default=0, help="stage-1 training batch (0: the stage default)")
     ap.add_argument("--json", default=None, help="write all figures here (default OUT/bench.json)")
     args = ap.parse_args()
@@ -88,7 +92,7 @@ def main() -> None:
             vision_arch=args.clip_arch), device=args.device)
     res["clip"]["wall_seconds"] = round(time.time() - t, 1)
     dump()
-    model_cfg = ClipPrefixConfig(finetune_vision=args.finetune_vision)
+    model_cfg = ClipPrefixConfig(finetune_vision=args.finetune_vision, prefix_pool=args.prefix_pool)
 
     stages = [("alt", None, args.alt_steps), ("short", "alt", args.short_steps),
               ("descriptive", args.desc_init, args.desc_steps)]
@@ -96,7 +100,7 @@ def main() -> None:
         t = time.time()
         m = train_captioner(train, f"{args.out}/{stage}",
                             CaptionerTrainConfig(stage=stage, steps=steps, finetune_size=args.finetune_size,
-                                                 max_minutes=box,
+                                                 max_minutes=box, vision_lr_scale=args.vision_lr_scale,
                                                  batch_size=args.alt_batch if stage == "alt" else 0),
                             init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
                             model_cfg=None if init else model_cfg, device=args.device, resume=False)
