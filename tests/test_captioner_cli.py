@@ -53,3 +53,26 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "--init" in capsys.readouterr().err
     assert run(["caption", "--captioner", str(tmp_path / "none"), "--mode", "short", "--input", str(tmp_path),
                 "--out", str(tmp_path / "c.jsonl")]) == 2
+
+
+@pytest.mark.slow
+def test_resnet_clip_and_stage_one_options_reach_the_checkpoint(tmp_path):
+    from recaption.captioners.clip_prefix import load_clip_prefix
+    from recaption.io import open_writer
+
+    data = tmp_path / "data"
+    with open_writer(str(data), "folder") as w:
+        for r in world_records(16, seed=3):
+            w.write(r)
+    assert run(["clip", "train", "--data", str(data), "--out", str(tmp_path / "clip"), "--steps", "2",
+                "--batch-size", "8", "--heldout", "4", "--vision-arch", "resnet"]) == 0
+    assert (tmp_path / "clip" / "conv_clip.json").is_file()
+    assert run(["captioner", "train", "--stage", "alt", "--data", str(data), "--out", str(tmp_path / "alt"),
+                "--clip", str(tmp_path / "clip"), "--steps", "2", "--batch-size", "4", "--finetune-vision",
+                "--prefix-pool", "2", "--vision-lr-scale", "0.25"]) == 0
+    saved = json.load(open(tmp_path / "alt" / "captioner.json"))
+    assert saved["train"]["vision_lr_scale"] == 0.25
+    cap = load_clip_prefix(str(tmp_path / "alt"))
+    assert cap.cfg.prefix_pool == 2 and cap.cfg.finetune_vision
+    assert (tmp_path / "alt" / "clip" / "conv_clip.json").is_file()  # the tuned ResNet tower travels along
+    assert len(cap.caption([r.pil() for r in world_records(2, seed=4)], "short")) == 2

@@ -92,6 +92,11 @@ def captioner_train(
         finetune_vision: bool = typer.Option(
             False, "--finetune-vision/--frozen-vision",
             help="Stage 1: also train the CLIP vision tower with the captioning loss (later stages inherit it)."),
+        vision_lr_scale: float = typer.Option(0.5, "--vision-lr-scale",
+                                              help="With --finetune-vision: the tower's LR relative to the LM's."),
+        prefix_pool: int = typer.Option(1, "--prefix-pool",
+                                        help="Stage 1: average-pool the image token grid by this factor "
+                                             "(2: 8x8 -> 4x4 tokens, a shorter, cheaper LM sequence)."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
         max_minutes: float = typer.Option(0.0, "--max-minutes",
                                           help="Time box for this run: stop and save after this many minutes "
@@ -102,8 +107,10 @@ def captioner_train(
     from recaption.captioners.train_prefix import CaptionerTrainConfig, train_captioner
 
     cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
-                               finetune_size=finetune_size, seed=seed, max_minutes=max_minutes)
-    metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision),
+                               finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
+                               vision_lr_scale=vision_lr_scale)
+    model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool)
+    metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=model_cfg,
                               pairs=pairs, device=device, resume=resume)
     typer.echo(json.dumps(metrics))
 
