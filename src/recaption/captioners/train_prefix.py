@@ -36,8 +36,9 @@ DEFAULT_STEPS = {"alt": 1000, "short": 500, "descriptive": 1000}
 """Steps per stage when none are given. Sized for 20 minutes a stage on 2 CPU cores from synthetic-batch step
 times (alt 1.10 s, short 0.57 s, descriptive 1.09 s); the full-size world run measured 1.33 / 0.71 / 1.73 s a
 step on real batches, i.e. 22 / 6 / 29 minutes (bench/RESULTS.md), and these steps do not reach the accuracy
-targets either: the world CLIP's vision tower reads colour but hardly shape, frozen or tuned (linear probes and a
-supervised check in bench/RESULTS.md)."""
+targets either: the world CLIP's ViT tower reads colour but hardly shape, frozen or tuned. A ResNet tower
+(``clip train --vision-arch resnet``) reads shape, colour and size but hardly fill; with ``prefix_pool=2`` and
+``max_minutes`` every stage fits 20 minutes (bench/RESULTS.md, "A ResNet tower for the world CLIP")."""
 DEFAULT_LR = {"alt": 1e-3, "short": 3e-4, "descriptive": 3e-4}
 DEFAULT_BATCH = {"alt": 64, "short": 32, "descriptive": 32}
 
