@@ -18,14 +18,19 @@ def run(args):
     return e.value.code
 
 
-@pytest.mark.slow
-def test_three_stages_caption_and_audit(tmp_path):
+def world_folder(path, n, seed):
+    """``n`` world records written as a folder dataset at ``path``."""
     from recaption.io import open_writer
 
-    data = tmp_path / "data"
-    with open_writer(str(data), "folder") as w:
-        for r in world_records(24, seed=9):
+    with open_writer(str(path), "folder") as w:
+        for r in world_records(n, seed=seed):
             w.write(r)
+    return path
+
+
+@pytest.mark.slow
+def test_three_stages_caption_and_audit(tmp_path):
+    data = world_folder(tmp_path / "data", 24, seed=9)
     assert run(["clip", "train", "--data", str(data), "--out", str(tmp_path / "clip"), "--steps", "2",
                 "--batch-size", "8", "--heldout", "4"]) == 0
     assert run(["captioner", "train", "--stage", "alt", "--data", str(data), "--out", str(tmp_path / "alt"),
@@ -58,12 +63,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_resnet_clip_and_stage_one_options_reach_the_checkpoint(tmp_path):
     from recaption.captioners.clip_prefix import load_clip_prefix
-    from recaption.io import open_writer
 
-    data = tmp_path / "data"
-    with open_writer(str(data), "folder") as w:
-        for r in world_records(16, seed=3):
-            w.write(r)
+    data = world_folder(tmp_path / "data", 16, seed=3)
     assert run(["clip", "train", "--data", str(data), "--out", str(tmp_path / "clip"), "--steps", "2",
                 "--batch-size", "8", "--heldout", "4", "--vision-arch", "resnet"]) == 0
     assert (tmp_path / "clip" / "conv_clip.json").is_file()
