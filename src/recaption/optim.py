@@ -2,7 +2,7 @@
 
 A world-scale model's step on a GPU is bound by kernel launches, not arithmetic: on an H100 a ``unet-world-large``
 step at batch 256 kept the GPU busy ~20 ms of 146 ms, and the unfused AdamW step alone cost ~15 ms of host time
-(bench/RESULTS.md, "Where a GPU step's time goes"). ``fused=True`` does the update in one launch. On the CPU
+(bench/RESULTS.md, "t2i: the second lent GPU", call 2). ``fused=True`` does the update in one launch. On the CPU
 the default (foreach) implementation stays, so CPU runs and their exact-resume tests are unchanged.
 """
 

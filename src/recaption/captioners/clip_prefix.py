@@ -188,8 +188,11 @@ def feature_layer(cfg: ClipPrefixConfig, encoder: Any) -> int:
     return getattr(encoder.model.vision_model, "default_feature_layer", -2)
 
 
-def _token_shape(cfg: ClipPrefixConfig, encoder: Any) -> tuple[int, int]:
-    """``(P, Dv)`` of the mapper's input, read off one blank image (any tower, any geometry)."""
+def prefix_shape(cfg: ClipPrefixConfig, encoder: Any) -> tuple[int, int]:
+    """``(P, Dv)`` of the mapper's input: P image tokens before any resampler (class/mean token + positions)
+    of width Dv, read off one blank image for patch prefixes (any tower, any geometry)."""
+    if cfg.prefix == "pooled":
+        return 1, int(encoder.model.config.projection_dim)
     size = clip_geometry(encoder)[0]
     with torch.no_grad():
         h = vision_tokens(encoder, torch.zeros(1, 3, size, size, dtype=torch.uint8), cfg)
@@ -198,7 +201,7 @@ def _token_shape(cfg: ClipPrefixConfig, encoder: Any) -> tuple[int, int]:
 
 def n_image_tokens(cfg: ClipPrefixConfig, encoder: Any) -> int:
     """How many prefix tokens the image gives before any resampler (class/mean token + positions)."""
-    return 1 if cfg.prefix == "pooled" else _token_shape(cfg, encoder)[0]
+    return prefix_shape(cfg, encoder)[0]
 
 
 def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig) -> Any:
@@ -239,7 +242,7 @@ def vision_params(encoder: Any, cfg: ClipPrefixConfig) -> list[Any]:
 
 
 def vision_dim(cfg: ClipPrefixConfig, encoder: Any) -> int:
-    return encoder.model.config.projection_dim if cfg.prefix == "pooled" else _token_shape(cfg, encoder)[1]
+    return prefix_shape(cfg, encoder)[1]
 
 
 # -- building, saving, loading ----------------------------------------------------------------------------
@@ -388,7 +391,8 @@ def load_clip_prefix(path: str, device: str = "cpu", dtype: str | None = None,
     clip = load_clip(resolve_clip_path(cfg, path), device=device, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
     lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(os.path.join(path, "lm_config.json")))
-    model = ClipPrefixModel(cfg, lm, vision_dim(cfg, clip), n_image_tokens(cfg, clip))
+    n_pre, dim = prefix_shape(cfg, clip)
+    model = ClipPrefixModel(cfg, lm, dim, n_pre)
     load_model(model, os.path.join(path, WEIGHTS_NAME), device=device)
     model.to(device).eval()
     return ClipPrefixCaptioner(cfg, model, tok, clip, decode or DecodeConfig(), path=path, meta=meta)

@@ -123,8 +123,7 @@ def build_captioner(texts: list[str], clip: str, model_cfg: Any, device: str = "
         ClipPrefixCaptioner,
         ClipPrefixModel,
         build_lm,
-        n_image_tokens,
-        vision_dim,
+        prefix_shape,
     )
     from recaption.clip import load_clip
     from recaption.clip.tokenizer import train_tokenizer
@@ -135,8 +134,8 @@ def build_captioner(texts: list[str], clip: str, model_cfg: Any, device: str = "
     else:
         tok = train_tokenizer(texts, vocab_size=model_cfg.vocab_size, add_special=False,
                               model_max_length=10**6)  # captions are cut at max_caption_tokens here
-    n_pre = n_image_tokens(model_cfg, encoder)
-    model = ClipPrefixModel(model_cfg, build_lm(model_cfg, tok, n_pre), vision_dim(model_cfg, encoder), n_pre)
+    n_pre, dim = prefix_shape(model_cfg, encoder)
+    model = ClipPrefixModel(model_cfg, build_lm(model_cfg, tok, n_pre), dim, n_pre)
     cfg = dataclasses.replace(model_cfg, clip="clip" if os.path.isdir(clip) else clip)
     model.cfg = cfg
     return ClipPrefixCaptioner(cfg, model.to(device), tok, encoder)
