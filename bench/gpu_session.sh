@@ -45,6 +45,7 @@ else
 fi
 PIDS=""
 INIT=""; [ -n "$VAE_INIT" ] && INIT="--vae-init $VAE_INIT --vae-lr ${VAE_LR:-5e-4}"
+[ -z "$VAE_INIT" ] && [ -n "${VAE_LR:-}" ] && INIT="--vae-lr $VAE_LR"  # a from-scratch VAE at another peak lr
 case " $JOBS " in *" A "*)
 OMP_NUM_THREADS=5 python3 bench/world_t2i.py $WQ --out /tmp/wA --latent-channels "$LATENT_A" --vae-minutes "$VAE_MIN" \
   --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" $INIT ${UNET_BATCH:+--unet-batch $UNET_BATCH} --results "$R/t2i_A.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_A.log" &
