@@ -49,6 +49,9 @@ def main() -> None:
                     help="average-pool the image token grid by this factor (2: 8x8 -> 4x4, a shorter LM sequence)")
     ap.add_argument("--vision-lr-scale", type=float, default=0.5,
                     help="the tuned vision tower's LR relative to the LM's (with --finetune-vision)")
+    ap.add_argument("--recon-weight", default="0,0,0",
+                    help="per stage (alt,short,descriptive): weight of the self-supervised reconstruction loss "
+                         "on the tuned tower (with --finetune-vision; 0: off)")
     ap.add_argument("--alt-batch", type=int, default=0, help="stage-1 training batch (0: the stage default)")
     ap.add_argument("--json", default=None, help="write all figures here (default OUT/bench.json)")
     args = ap.parse_args()
@@ -66,8 +69,10 @@ def main() -> None:
 
     os.makedirs(args.out, exist_ok=True)
     boxes = [float(m) for m in args.stage_minutes.split(",")]
-    if len(boxes) != 3:
-        ap.error(f"--stage-minutes wants three numbers (alt,short,descriptive), got {args.stage_minutes!r}")
+    recon = [float(w) for w in args.recon_weight.split(",")]
+    if len(boxes) != 3 or len(recon) != 3:
+        ap.error("--stage-minutes and --recon-weight want three numbers each (alt,short,descriptive), got "
+                 f"{args.stage_minutes!r} and {args.recon_weight!r}")
 
     def dump() -> None:  # after every stage, so a run stopped part way keeps what it measured
         with open(args.json or f"{args.out}/bench.json", "w") as f:
@@ -96,11 +101,12 @@ def main() -> None:
 
     stages = [("alt", None, args.alt_steps), ("short", "alt", args.short_steps),
               ("descriptive", args.desc_init, args.desc_steps)]
-    for (stage, init, steps), box in zip(stages, boxes, strict=True):
+    for (stage, init, steps), box, w in zip(stages, boxes, recon, strict=True):
         t = time.time()
         m = train_captioner(train, f"{args.out}/{stage}",
                             CaptionerTrainConfig(stage=stage, steps=steps, finetune_size=args.finetune_size,
                                                  max_minutes=box, vision_lr_scale=args.vision_lr_scale,
+                                                 recon_weight=w,
                                                  batch_size=args.alt_batch if stage == "alt" else 0),
                             init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
                             model_cfg=None if init else model_cfg, device=args.device, resume=False)

@@ -280,3 +280,65 @@ def test_lr_follows_the_time_box():
     assert _lr(10, cfg) == pytest.approx(1.0)
     assert _lr(10, cfg, spent=1.0) == pytest.approx(0.1)  # the floor: 10% of the peak
     assert _lr(10, cfg, spent=0.5) == pytest.approx(0.55)
+
+
+def test_recon_head_decodes_any_grid_to_the_image_size():
+    from recaption.captioners.train_prefix import recon_head
+
+    for grid in (8, 4, 3):
+        head = recon_head(dim=12, grid=grid, size=64)
+        assert head(torch.randn(2, 12, grid, grid)).shape == (2, 3, 64, 64)
+
+
+def test_recon_loss_is_zero_only_for_the_image_and_weighs_texture():
+    from recaption.captioners.train_prefix import recon_loss
+
+    stripes = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    stripes[..., ::2] = 255
+    exact = stripes.float() / 127.5 - 1
+    assert float(recon_loss(exact, stripes)) == pytest.approx(0.0, abs=1e-6)
+    flat = torch.zeros_like(exact)  # the stripes' mean: right on average, no texture
+    plain = float(torch.nn.functional.l1_loss(flat, exact) + torch.nn.functional.mse_loss(flat, exact))
+    assert float(recon_loss(flat, stripes)) > plain + 0.5  # the finite differences add the missing edges
+
+
+def test_reconstruction_loss_tunes_the_tower_and_resumes_exactly(tmp_path, records, clip_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    plain = _alt(tmp_path / "plain", records, clip_dir, steps=4)
+    m = _alt(tmp_path / "recon", records, clip_dir, steps=4, recon_weight=1.0, recon_batch=4)
+    assert m["final_recon_loss"] > 0 and "final_recon_loss" not in plain
+    state = torch.load(tmp_path / "recon" / "train_state.pt", weights_only=False)
+    assert state["recon_head"]  # the head is training state, not part of the saved captioner
+    a = load_file(str(tmp_path / "plain" / "clip" / "model.safetensors"))
+    b = load_file(str(tmp_path / "recon" / "clip" / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a if "vision_model" in k)  # the loss reached the tower
+    assert load_clip_prefix(str(tmp_path / "recon")).model.state_dict().keys() == \
+        load_clip_prefix(str(tmp_path / "plain")).model.state_dict().keys()
+
+    # killed after step 3 and resumed: the same weights as 6 steps straight (the head's state is restored)
+    _alt(tmp_path / "straight", records, clip_dir, steps=6, save_every=3, recon_weight=1.0, recon_batch=4)
+    real, calls = torch.nn.utils.clip_grad_norm_, {"n": 0}
+
+    def crash_at_5(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3, recon_weight=1.0, recon_batch=4)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real)
+    assert _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3, recon_weight=1.0,
+                recon_batch=4)["resumed_from"] == 3
+    for part in ("model.safetensors", "clip/model.safetensors"):
+        x, y = load_file(str(tmp_path / "straight" / part)), load_file(str(tmp_path / "resumed" / part))
+        assert all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)
+
+
+def test_reconstruction_needs_a_tuned_tower(tmp_path, records, clip_dir):
+    with pytest.raises(ValueError, match="recon_weight needs a tuned vision tower"):
+        train_captioner(records, str(tmp_path / "x"),
+                        CaptionerTrainConfig(stage="alt", steps=1, batch_size=8, recon_weight=1.0),
+                        clip=clip_dir, model_cfg=ClipPrefixConfig(**{**TINY_PREFIX, "finetune_vision": False}))

@@ -204,25 +204,31 @@ def n_image_tokens(cfg: ClipPrefixConfig, encoder: Any) -> int:
     return prefix_shape(cfg, encoder)[0]
 
 
-def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig) -> Any:
-    """``uint8 (B,3,S,S)`` pixels -> the mapper's input ``(B, P, Dv)``; differentiable (see ``finetune_vision``)."""
+def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, with_grid: bool = False) -> Any:
+    """``uint8 (B,3,S,S)`` pixels -> the mapper's input ``(B, P, Dv)``; differentiable (see ``finetune_vision``).
+
+    ``with_grid``: also return the feature layer's positions as a map ``(B, Dv, s, s)`` before any pooling
+    (what the training-time reconstruction head reads; ``prefix="patch"`` only).
+    """
     from recaption.clip.data import normalize
 
     _, mean, std = clip_geometry(encoder)
     model = encoder.model
     px = normalize(pixels.to(encoder.device), mean, std).to(model.dtype)
     if cfg.prefix == "pooled":
+        if with_grid:
+            raise ValueError("with_grid needs prefix='patch' (a pooled prefix has no positions)")
         f = model.get_image_features(pixel_values=px)
         return getattr(f, "pooler_output", f)[:, None, :]
     h = model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states[feature_layer(cfg, encoder)]
+    cls, grid = h[:, :1], h[:, 1:]
+    B, N, D = grid.shape
+    s = int(round(N ** 0.5))
+    fmap = grid.transpose(1, 2).reshape(B, D, s, s)
     if cfg.prefix_pool > 1:
-        cls, grid = h[:, :1], h[:, 1:]
-        B, N, D = grid.shape
-        s = int(round(N ** 0.5))
-        grid = grid.transpose(1, 2).reshape(B, D, s, s)
-        grid = torch.nn.functional.avg_pool2d(grid, cfg.prefix_pool).flatten(2).transpose(1, 2)
-        h = torch.cat([cls, grid], dim=1)
-    return h
+        pooled = torch.nn.functional.avg_pool2d(fmap, cfg.prefix_pool).flatten(2).transpose(1, 2)
+        h = torch.cat([cls, pooled], dim=1)
+    return (h, fmap) if with_grid else h
 
 
 def clip_features(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, batch_size: int = 256) -> Any:

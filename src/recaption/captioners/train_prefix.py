@@ -58,6 +58,8 @@ class CaptionerTrainConfig:
     save_every: int = 500
     vision_lr_scale: float = 0.5  # LR of the CLIP vision tower relative to the mapper + LM (finetune_vision)
     max_minutes: float = 0.0  # > 0: a time box for this process's steps; the cosine follows steps or time
+    recon_weight: float = 0.0  # > 0 (finetune_vision): weight of the self-supervised reconstruction loss
+    recon_batch: int = 16  # images of each batch the reconstruction head decodes (its cost grows with them)
 
     def resolved(self) -> CaptionerTrainConfig:
         return dataclasses.replace(self, steps=self.steps or DEFAULT_STEPS[self.stage],
@@ -90,6 +92,42 @@ def select_examples(records: list[Record], stage: str, finetune_size: str | int 
     keys = set(choose_subset([r.key for r in records], n, seed))
     chosen = [r for r in records if r.key in keys]
     return chosen, [caption_text(r, f"truth.{stage}") for r in chosen]
+
+
+def recon_head(dim: int, grid: int, size: int, width: int = 64) -> Any:
+    """A small training-only decoder from the tower's feature map ``(B, dim, grid, grid)`` to the image.
+
+    Why: alt-text almost never names a fill, so a tower tuned by the alt-text captioning loss learns what
+    the words ask for (shape, colour, size) and not the stripes and dots (probes in bench/RESULTS.md). Asking the
+    same features to redraw the image is a self-supervised signal from the pixels alone (no caption, no truth)
+    that keeps whatever is visible in them, which the small descriptive set can then name. Not saved with the
+    captioner; its weights live in the training state so that a resumed run continues exactly.
+    """
+    import torch
+
+    layers: list[Any] = [torch.nn.Conv2d(dim, width, 3, padding=1), torch.nn.GELU()]
+    ch, g = width, grid
+    while g < size:
+        out = max(16, ch // 2)
+        layers += [torch.nn.Upsample(scale_factor=2, mode="nearest"), torch.nn.Conv2d(ch, out, 3, padding=1),
+                   torch.nn.GELU()]
+        ch, g = out, g * 2
+    layers.append(torch.nn.Conv2d(ch, 3, 3, padding=1))
+    if g != size:
+        layers.append(torch.nn.Upsample(size=(size, size), mode="bilinear"))
+    return torch.nn.Sequential(*layers)
+
+
+def recon_loss(rec: Any, pixels: Any) -> Any:
+    """L1 + MSE of a reconstruction ``rec`` (in [-1, 1]) against ``uint8`` pixels, plus L1 of their finite
+    differences, which weighs edges and texture (fills) as much as flat background."""
+    import torch.nn.functional as F
+
+    x = pixels.to(rec.device, rec.dtype) / 127.5 - 1.0
+    loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+    for d in (-1, -2):
+        loss = loss + F.l1_loss(rec.diff(dim=d), x.diff(dim=d))
+    return loss
 
 
 def _lr(step: int, cfg: CaptionerTrainConfig, spent: float = 0.0) -> float:
@@ -215,6 +253,16 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
     if tune:
         cap.clip.model.train()
         groups.append({"params": vision_params(cap.clip, cap.cfg), "lr_scale": cfg.vision_lr_scale})
+    head = None
+    if cfg.recon_weight > 0:
+        if not tune or cap.cfg.prefix != "patch":
+            raise ValueError("recon_weight needs a tuned vision tower (finetune_vision) and prefix='patch'")
+        with torch.no_grad():
+            _, fmap = vision_tokens(cap.clip, data_x[:1], cap.cfg, with_grid=True)
+        head = recon_head(fmap.shape[1], fmap.shape[-1], size).to(device).train()
+        if state is not None and "recon_head" in state:
+            head.load_state_dict(state["recon_head"])
+        groups.append({"params": list(head.parameters()), "lr_scale": 1.0})
     opt = adamw(groups, device, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
@@ -227,10 +275,11 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
     def checkpoint(step: int, extra: dict) -> None:
         cap.save(out, extra={"train": dataclasses.asdict(cfg), "n_examples": len(keys), **extra})
         torch.save({"stage": stage, "step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "train": dataclasses.asdict(cfg)}, state_path + ".tmp")
+                    "torch_rng": torch.get_rng_state(), "train": dataclasses.asdict(cfg),
+                    **({"recon_head": head.state_dict()} if head is not None else {})}, state_path + ".tmp")
         os.replace(state_path + ".tmp", state_path)
 
-    t1, losses, done = time.time(), [], start
+    t1, losses, rec_losses, done = time.time(), [], [], start
     for step in range(start, cfg.steps):
         spent = (time.time() - t1) / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
         if spent >= 1.0:
@@ -241,22 +290,30 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
             g["lr"] = _lr(step, cfg, spent) * g["lr_scale"]
         b = torch.randint(len(keys), (min(cfg.batch_size, len(keys)),), generator=gen)
         L = int(lengths[b].max())
-        x = vision_tokens(cap.clip, data_x[b], cap.cfg) if tune else data_x[b].to(device)
+        if head is not None:  # the tower's map feeds the LM and, for the first recon_batch images, the head
+            x, fmap = vision_tokens(cap.clip, data_x[b], cap.cfg, with_grid=True)
+            k = min(cfg.recon_batch, len(b))
+            rec_loss = recon_loss(head(fmap[:k].float()), data_x[b[:k]])
+            rec_losses.append(rec_loss.detach())
+        else:
+            x = vision_tokens(cap.clip, data_x[b], cap.cfg) if tune else data_x[b].to(device)
         loss = model.loss(x, ids[b, :L].to(device), lengths[b].to(device))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + cfg.recon_weight * rec_loss if head is not None else loss).backward()
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
         losses.append(loss.detach())
         done = step + 1
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            log.info("captioner %s step %d/%d loss %.4f (%.1f s)", stage, step + 1, cfg.steps,
-                     float(torch.stack(losses[-100:]).mean()), time.time() - t1)
+            rec = f", reconstruction {float(torch.stack(rec_losses[-100:]).mean()):.4f}" if rec_losses else ""
+            log.info("captioner %s step %d/%d loss %.4f%s (%.1f s)", stage, step + 1, cfg.steps,
+                     float(torch.stack(losses[-100:]).mean()), rec, time.time() - t1)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             checkpoint(step + 1, {})
     metrics = {"stage": stage, "examples": len(keys), "steps": done, "resumed_from": start,
                "prep_seconds": round(prep_s, 1), "train_seconds": round(time.time() - t1, 1),
-               "final_loss": float(torch.stack(losses[-50:]).mean()) if losses else None}
+               "final_loss": float(torch.stack(losses[-50:]).mean()) if losses else None,
+               **({"final_recon_loss": float(torch.stack(rec_losses[-50:]).mean())} if rec_losses else {})}
     model.eval()
     cap.clip.model.eval()
     checkpoint(done, {"metrics": metrics})

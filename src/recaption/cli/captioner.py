@@ -97,6 +97,10 @@ def captioner_train(
         prefix_pool: int = typer.Option(1, "--prefix-pool",
                                         help="Stage 1: average-pool the image token grid by this factor "
                                              "(2: 8x8 -> 4x4 tokens, a shorter, cheaper LM sequence)."),
+        recon_weight: float = typer.Option(
+            0.0, "--recon-weight",
+            help="With --finetune-vision: weight of a self-supervised loss that redraws each image from the "
+                 "tower's feature map, so the tower keeps what the captions never ask for (0: off)."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
         max_minutes: float = typer.Option(0.0, "--max-minutes",
                                           help="Time box for this run: stop and save after this many minutes "
@@ -108,7 +112,7 @@ def captioner_train(
 
     cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
                                finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
-                               vision_lr_scale=vision_lr_scale)
+                               vision_lr_scale=vision_lr_scale, recon_weight=recon_weight)
     model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool)
     metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=model_cfg,
                               pairs=pairs, device=device, resume=resume)
