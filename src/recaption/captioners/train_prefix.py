@@ -9,8 +9,10 @@
 
 With a frozen CLIP (the default) features are computed once per run and the loop trains mapper + LM only;
 with ``finetune_vision`` the vision tower is tuned along (pixels are kept as uint8, 12 KB an image).
-Checkpoints hold their config (inside and beside) and a ``train_state.pt`` (optimizer, step, RNG): a run
-restarted with the same arguments resumes where it stopped.
+``recon_weight`` adds a self-supervised loss on the tuned tower (a small head redraws each image from its
+feature map; pixels only, so no truth leaks), for what the captions never ask the tower to see.
+Checkpoints hold their config (inside and beside) and a ``train_state.pt`` (optimizer, step, RNG, the
+reconstruction head): a run restarted with the same arguments resumes where it stopped.
 """
 
 from __future__ import annotations
