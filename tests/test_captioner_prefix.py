@@ -310,6 +310,12 @@ def test_reconstruction_loss_tunes_the_tower_and_resumes_exactly(tmp_path, recor
     assert m["final_recon_loss"] > 0 and "final_recon_loss" not in plain
     state = torch.load(tmp_path / "recon" / "train_state.pt", weights_only=False)
     assert state["recon_head"]  # the head is training state, not part of the saved captioner
+    assert (tmp_path / "recon" / "recon_head.safetensors").is_file()
+    train_captioner(records, str(tmp_path / "short"),  # lr ~0: the head it saves is the head it started from
+                    CaptionerTrainConfig(stage="short", steps=1, batch_size=8, warmup=1, finetune_size=8, lr=1e-12,
+                                         recon_weight=1.0, recon_batch=4), init=str(tmp_path / "recon"))
+    h1, h2 = (load_file(str(tmp_path / d / "recon_head.safetensors")) for d in ("recon", "short"))
+    assert all(torch.allclose(h1[k], h2[k], atol=1e-7) for k in h1)  # the next stage starts from the trained head
     a = load_file(str(tmp_path / "plain" / "clip" / "model.safetensors"))
     b = load_file(str(tmp_path / "recon" / "clip" / "model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a if "vision_model" in k)  # the loss reached the tower

@@ -34,6 +34,7 @@ from recaption.records import Record, RecordError
 log = logging.getLogger(__name__)
 
 STATE_NAME = "train_state.pt"
+RECON_NAME = "recon_head.safetensors"  # the reconstruction head of a recon_weight run, for the next stage
 DEFAULT_STEPS = {"alt": 1000, "short": 500, "descriptive": 1000}
 """Steps per stage when none are given. Sized for 20 minutes a stage on 2 CPU cores from synthetic-batch step
 times (alt 1.10 s, short 0.57 s, descriptive 1.09 s); the full-size world run measured 1.33 / 0.71 / 1.73 s a
@@ -102,8 +103,10 @@ def recon_head(dim: int, grid: int, size: int, width: int = 64) -> Any:
     Why: alt-text almost never names a fill, so a tower tuned by the alt-text captioning loss learns what
     the words ask for (shape, colour, size) and not the stripes and dots (probes in bench/RESULTS.md). Asking the
     same features to redraw the image is a self-supervised signal from the pixels alone (no caption, no truth)
-    that keeps whatever is visible in them, which the small descriptive set can then name. Not saved with the
-    captioner; its weights live in the training state so that a resumed run continues exactly.
+    that keeps whatever is visible in them, which the small descriptive set can then name. Not part of the
+    captioner: its weights live in the training state (a resumed run continues exactly) and beside the
+    checkpoint as ``recon_head.safetensors``, which a later stage trained with ``recon_weight`` starts from (a
+    fresh head would send noise into the tuned tower while it learns).
     """
     import torch
 
@@ -262,8 +265,13 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
         with torch.no_grad():
             _, fmap = vision_tokens(cap.clip, data_x[:1], cap.cfg, with_grid=True)
         head = recon_head(fmap.shape[1], fmap.shape[-1], size).to(device).train()
-        if state is not None and "recon_head" in state:
+        if state is not None and "recon_head" in state:  # resumed: the head as it was at that step
             head.load_state_dict(state["recon_head"])
+        elif init and os.path.isfile(os.path.join(init, RECON_NAME)):  # the earlier stage's head, trained
+            from safetensors.torch import load_file
+
+            head.load_state_dict(load_file(os.path.join(init, RECON_NAME)))
+            log.info("reconstruction head from %s", init)
         groups.append({"params": list(head.parameters()), "lr_scale": 1.0})
     opt = adamw(groups, device, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -280,6 +288,10 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
                     "torch_rng": torch.get_rng_state(), "train": dataclasses.asdict(cfg),
                     **({"recon_head": head.state_dict()} if head is not None else {})}, state_path + ".tmp")
         os.replace(state_path + ".tmp", state_path)
+        if head is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, os.path.join(out, RECON_NAME))
 
     t1, losses, rec_losses, done = time.time(), [], [], start
     for step in range(start, cfg.steps):
