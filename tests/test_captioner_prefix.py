@@ -162,11 +162,9 @@ def test_loss_is_masked_on_padding(alt_dir):
     assert not torch.allclose(a, model.loss(feats, ids3, lengths))
 
 
-@pytest.mark.slow
-def test_resume_continues_exactly(tmp_path, records, clip_dir, monkeypatch):
-    _alt(tmp_path / "straight", records, clip_dir, steps=6, save_every=3)
-    calls = {"n": 0}
-    real = torch.nn.utils.clip_grad_norm_
+def killed_at_step_5(monkeypatch, run) -> None:
+    """Call ``run`` with a simulated crash in its 5th step (at the gradient clip); the real clip is restored after."""
+    real, calls = torch.nn.utils.clip_grad_norm_, {"n": 0}
 
     def crash_at_5(*a, **k):
         calls["n"] += 1
@@ -176,8 +174,14 @@ def test_resume_continues_exactly(tmp_path, records, clip_dir, monkeypatch):
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_at_5)
     with pytest.raises(KeyboardInterrupt):
-        _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3)
+        run()
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real)
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path, records, clip_dir, monkeypatch):
+    _alt(tmp_path / "straight", records, clip_dir, steps=6, save_every=3)
+    killed_at_step_5(monkeypatch, lambda: _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3))
     m = _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3)
     assert m["resumed_from"] == 3
     a = load_clip_prefix(str(tmp_path / "straight")).model.state_dict()
@@ -324,18 +328,8 @@ def test_reconstruction_loss_tunes_the_tower_and_resumes_exactly(tmp_path, recor
 
     # killed after step 3 and resumed: the same weights as 6 steps straight (the head's state is restored)
     _alt(tmp_path / "straight", records, clip_dir, steps=6, save_every=3, recon_weight=1.0, recon_batch=4)
-    real, calls = torch.nn.utils.clip_grad_norm_, {"n": 0}
-
-    def crash_at_5(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*a, **k)
-
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_at_5)
-    with pytest.raises(KeyboardInterrupt):
-        _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3, recon_weight=1.0, recon_batch=4)
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real)
+    killed_at_step_5(monkeypatch, lambda: _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3,
+                                               recon_weight=1.0, recon_batch=4))
     assert _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3, recon_weight=1.0,
                 recon_batch=4)["resumed_from"] == 3
     for part in ("model.safetensors", "clip/model.safetensors"):
