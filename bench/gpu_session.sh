@@ -22,7 +22,8 @@
 #   first GPU session was lost with its machine's ignored bench_out/):
 #   JOBS=A VAE_INIT=bench_out/vae_A TEXT_MODE=joint bash bench/gpu_session.sh 540 5 3.5
 #   (TEXT_MODE=joint: in the world a text encoder trained with the U-Net serves better; bench/RESULTS.md)
-#   UNET_BATCH=N overrides world_t2i's U-Net batch (1024 in its full preset: a GPU step is launch-bound).
+#   UNET_BATCH=N overrides world_t2i's U-Net batch (1024 in its full preset: a GPU step is launch-bound);
+#   VAE_LR=X the VAE's peak lr (7e-4 in the full preset; 5e-4 when continuing VAE_INIT).
 # Smoke test of the plumbing on a CPU: QUICK=1 OUT=/tmp/gpu_smoke bash bench/gpu_session.sh 400
 set -u
 BUDGET=${1:-540}; VAE_MIN=${2:-3.3}; UNET_MIN=${3:-2.4}
