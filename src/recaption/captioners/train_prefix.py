@@ -105,7 +105,9 @@ def recon_head(dim: int, grid: int, size: int, width: int = 64) -> Any:
     Why: alt-text almost never names a fill, so a tower tuned by the alt-text captioning loss learns what
     the words ask for (shape, colour, size) and not the stripes and dots (probes in bench/RESULTS.md). Asking the
     same features to redraw the image is a self-supervised signal from the pixels alone (no caption, no truth)
-    that keeps whatever is visible in them, which the small descriptive set can then name. Not part of the
+    that keeps whatever is visible in them. Measured in the world: it raised the tower's fill probe a little and
+    the descriptive captions' fill not at all, because the LM, not the tower, is what misses fill there
+    (bench/RESULTS.md), so it is off by default. Not part of the
     captioner: its weights live in the training state (a resumed run continues exactly) and beside the
     checkpoint as ``recon_head.safetensors``, which a later stage trained with ``recon_weight`` starts from (a
     fresh head would send noise into the tuned tower while it learns).
