@@ -52,6 +52,12 @@ def main() -> None:
     ap.add_argument("--recon-weight", default="0,0,0",
                     help="per stage (alt,short,descriptive): weight of the self-supervised reconstruction loss "
                          "on the tuned tower (with --finetune-vision; 0: off)")
+    ap.add_argument("--stage-lr", default="0,0,0", help="peak LR of alt,short,descriptive (0: the stage default)")
+    ap.add_argument("--tokenizer-finetune", action="store_true",
+                    help="train the stage-1 tokenizer on the alt-text and the short/descriptive fine-tune captions")
+    ap.add_argument("--lm-width", type=int, default=256, help="the from-scratch GPT-2's width")
+    ap.add_argument("--lm-layers", type=int, default=4)
+    ap.add_argument("--lm-heads", type=int, default=4)
     ap.add_argument("--alt-batch", type=int, default=0, help="stage-1 training batch (0: the stage default)")
     ap.add_argument("--json", default=None, help="write all figures here (default OUT/bench.json)")
     args = ap.parse_args()
@@ -70,9 +76,10 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     boxes = [float(m) for m in args.stage_minutes.split(",")]
     recon = [float(w) for w in args.recon_weight.split(",")]
-    if len(boxes) != 3 or len(recon) != 3:
-        ap.error("--stage-minutes and --recon-weight want three numbers each (alt,short,descriptive), got "
-                 f"{args.stage_minutes!r} and {args.recon_weight!r}")
+    lrs = [float(x) for x in args.stage_lr.split(",")]
+    if len(boxes) != 3 or len(recon) != 3 or len(lrs) != 3:
+        ap.error("--stage-minutes, --recon-weight and --stage-lr want three numbers each (alt,short,descriptive), "
+                 f"got {args.stage_minutes!r}, {args.recon_weight!r} and {args.stage_lr!r}")
 
     def dump() -> None:  # after every stage, so a run stopped part way keeps what it measured
         with open(args.json or f"{args.out}/bench.json", "w") as f:
@@ -97,19 +104,24 @@ def main() -> None:
             vision_arch=args.clip_arch), device=args.device)
     res["clip"]["wall_seconds"] = round(time.time() - t, 1)
     dump()
-    model_cfg = ClipPrefixConfig(finetune_vision=args.finetune_vision, prefix_pool=args.prefix_pool)
+    model_cfg = ClipPrefixConfig(finetune_vision=args.finetune_vision, prefix_pool=args.prefix_pool,
+                                 lm_width=args.lm_width, lm_layers=args.lm_layers, lm_heads=args.lm_heads)
 
+    from recaption.captioners.train_prefix import finetune_texts
+
+    tok_extra = finetune_texts(train, ("short", "descriptive"), args.finetune_size) if args.tokenizer_finetune else []
     stages = [("alt", None, args.alt_steps), ("short", "alt", args.short_steps),
               ("descriptive", args.desc_init, args.desc_steps)]
-    for (stage, init, steps), box, w in zip(stages, boxes, recon, strict=True):
+    for (stage, init, steps), box, w, lr in zip(stages, boxes, recon, lrs, strict=True):
         t = time.time()
         m = train_captioner(train, f"{args.out}/{stage}",
                             CaptionerTrainConfig(stage=stage, steps=steps, finetune_size=args.finetune_size,
                                                  max_minutes=box, vision_lr_scale=args.vision_lr_scale,
-                                                 recon_weight=w,
+                                                 recon_weight=w, lr=lr,
                                                  batch_size=args.alt_batch if stage == "alt" else 0),
                             init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
-                            model_cfg=None if init else model_cfg, device=args.device, resume=False)
+                            model_cfg=None if init else model_cfg, device=args.device, resume=False,
+                            tokenizer_texts=None if init else tok_extra)
         m["wall_seconds"] = round(time.time() - t, 1)
         res[f"train_{stage}"] = m
         dump()

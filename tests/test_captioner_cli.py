@@ -70,10 +70,22 @@ def test_resnet_clip_and_stage_one_options_reach_the_checkpoint(tmp_path):
     assert (tmp_path / "clip" / "conv_clip.json").is_file()
     assert run(["captioner", "train", "--stage", "alt", "--data", str(data), "--out", str(tmp_path / "alt"),
                 "--clip", str(tmp_path / "clip"), "--steps", "2", "--batch-size", "4", "--finetune-vision",
-                "--prefix-pool", "2", "--vision-lr-scale", "0.25"]) == 0
+                "--prefix-pool", "2", "--vision-lr-scale", "0.25", "--lm-width", "64", "--lm-layers", "3",
+                "--lm-heads", "2", "--tokenizer-texts", "descriptive", "--finetune-size", "4"]) == 0
     saved = json.load(open(tmp_path / "alt" / "captioner.json"))
     assert saved["train"]["vision_lr_scale"] == 0.25
     cap = load_clip_prefix(str(tmp_path / "alt"))
     assert cap.cfg.prefix_pool == 2 and cap.cfg.finetune_vision
+    lm = cap.model.lm.config
+    assert (lm.n_embd, lm.n_layer, lm.n_head) == (64, 3, 2)  # the LM size options reach the model
+    from recaption.captioners.train_prefix import finetune_texts, select_examples
+    from recaption.clip.data import iter_records
+    from recaption.clip.tokenizer import train_tokenizer
+
+    recs = list(iter_records(str(data)))
+    later = finetune_texts(recs, ["descriptive"], "4")  # what --tokenizer-texts descriptive added
+    plain = train_tokenizer(select_examples(recs, "alt")[1], vocab_size=cap.cfg.vocab_size, add_special=False)
+    n = [sum(map(len, t(later, add_special_tokens=False)["input_ids"])) for t in (plain, cap.tokenizer)]
+    assert n[1] < 0.9 * n[0], n
     assert (tmp_path / "alt" / "clip" / "conv_clip.json").is_file()  # the tuned ResNet tower travels along
     assert len(cap.caption([r.pil() for r in world_records(2, seed=4)], "short")) == 2

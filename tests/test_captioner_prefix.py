@@ -342,3 +342,27 @@ def test_reconstruction_needs_a_tuned_tower(tmp_path, records, clip_dir):
         train_captioner(records, str(tmp_path / "x"),
                         CaptionerTrainConfig(stage="alt", steps=1, batch_size=8, recon_weight=1.0),
                         clip=clip_dir, model_cfg=ClipPrefixConfig(**{**TINY_PREFIX, "finetune_vision": False}))
+
+
+def test_tokenizer_texts_shorten_later_captions_and_train_nothing_else(tmp_path, records, clip_dir, alt_dir):
+    from transformers import AutoTokenizer
+
+    from recaption.captioners.train_prefix import finetune_texts
+
+    extra = finetune_texts(records, ("short", "descriptive"), "0.25", seed=0)
+    assert extra == (select_examples(records, "short", "0.25", 0)[1]
+                     + select_examples(records, "descriptive", "0.25", 0)[1])  # what those stages will read
+    m = train_captioner(
+        records, str(tmp_path / "alt"), CaptionerTrainConfig(stage="alt", steps=2, batch_size=8, warmup=1),
+        clip=clip_dir, model_cfg=ClipPrefixConfig(**TINY_PREFIX), tokenizer_texts=extra)
+    assert m["examples"] == len(records)  # the LM still trains on the alt-text alone
+    plain = AutoTokenizer.from_pretrained(os.path.join(alt_dir, "tokenizer"))
+    wider = AutoTokenizer.from_pretrained(str(tmp_path / "alt" / "tokenizer"))
+    later = select_examples(records, "descriptive", "0.25", 0)[1]
+    n = [sum(len(ids) for ids in t(later, add_special_tokens=False)["input_ids"]) for t in (plain, wider)]
+    assert n[1] < 0.9 * n[0], n
+    with pytest.raises(ValueError, match="tokenizer_texts"):
+        train_captioner(records, str(tmp_path / "s"), CaptionerTrainConfig(stage="short", steps=1), init=alt_dir,
+                        tokenizer_texts=extra)
+    with pytest.raises(ValueError, match="short"):
+        finetune_texts(records, ("alt",))

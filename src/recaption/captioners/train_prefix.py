@@ -1,7 +1,8 @@
 """Training the clip-prefix captioner in the paper's three stages (Betker et al. 2023, section 2).
 
 - ``alt``: language-model loss on (image, alt-text) over the whole dataset; reads ``record.captions["alt"]``
-  and the image, nothing else (in particular never ``meta["world"]``, the world's truth).
+  and the image, nothing else (in particular never ``meta["world"]``, the world's truth). Its new tokenizer may
+  also be given the later stages' fine-tune captions (``tokenizer_texts``; vocabulary only).
 - ``short`` / ``descriptive``: fine-tune a previous stage (``init``) on a *small* set of (image, caption)
   pairs, the paper's hand-written sets: either a user-given JSONL file of ``{"key", "caption"}`` pairs
   (real data), or, in the shapes world, the true captions of a fixed seeded subset of exactly
@@ -43,8 +44,13 @@ targets either: the world CLIP's ViT tower reads colour but hardly shape, frozen
 (``clip train --vision-arch resnet``) reads shape, colour and size but hardly fill; with ``prefix_pool=2`` and
 ``max_minutes`` every stage fits 20 minutes (bench/RESULTS.md, "A ResNet tower for the world CLIP"). Even a tower
 that carries fill leaves the descriptive captions' fill at chance after ~500 descriptive steps: the language side
-learns that binding last (bench/RESULTS.md, "A self-supervised reconstruction loss for fill")."""
-DEFAULT_LR = {"alt": 1e-3, "short": 3e-4, "descriptive": 3e-4}
+learns that binding last (bench/RESULTS.md, "A self-supervised reconstruction loss for fill"): teacher-forced on the
+true caption, its next-word distribution over the fill words is the same whatever the image's fill (bench/RESULTS.md,
+"A smaller language model ...")."""
+DEFAULT_LR = {"alt": 1e-3, "short": 3e-4, "descriptive": 1e-3}
+"""Peak learning rates. Descriptive 1e-3, not 3e-4: from the same short checkpoint in the same 18 minutes, 1e-3
+wrote better descriptive captions in fewer steps (attribute recall 0.472 vs 0.444, relation 0.444 vs 0.392;
+bench/RESULTS.md, "A smaller language model ...")."""
 DEFAULT_BATCH = {"alt": 64, "short": 32, "descriptive": 32}
 
 
@@ -97,6 +103,19 @@ def select_examples(records: list[Record], stage: str, finetune_size: str | int 
     keys = set(choose_subset([r.key for r in records], n, seed))
     chosen = [r for r in records if r.key in keys]
     return chosen, [caption_text(r, f"truth.{stage}") for r in chosen]
+
+
+def finetune_texts(records: list[Record], stages: Iterable[str] = ("short", "descriptive"),
+                   finetune_size: str | int | float = "0.05", seed: int = 0) -> list[str]:
+    """The captions the later ``stages`` will fine-tune on, chosen exactly as they will choose them (same
+    ``finetune_size`` and ``seed``): for ``train_captioner(tokenizer_texts=...)`` in the world, where the fine-tune
+    sets are the true captions of seeded subsets. On real data, read the pairs files instead."""
+    out: list[str] = []
+    for st in stages:
+        if st not in ("short", "descriptive"):
+            raise ValueError(f"fine-tune stages are 'short' and 'descriptive', got {st!r}")
+        out += select_examples(records, st, finetune_size, seed)[1]
+    return out
 
 
 def recon_head(dim: int, grid: int, size: int, width: int = 64) -> Any:
@@ -163,7 +182,9 @@ def tokenize_captions(tok: Any, texts: list[str], max_tokens: int) -> tuple[Any,
 
 
 def build_captioner(texts: list[str], clip: str, model_cfg: Any, device: str = "cpu") -> Any:
-    """A fresh clip-prefix captioner on ``clip``; tokenizer trained on ``texts`` unless ``model_cfg.lm``."""
+    """A fresh clip-prefix captioner on ``clip``; tokenizer trained on ``texts`` unless ``model_cfg.lm``.
+
+    ``texts`` may hold more than the stage's captions (see ``tokenizer_texts`` of :func:`train_captioner`)."""
     from transformers import AutoTokenizer
 
     from recaption.captioners.clip_prefix import (
@@ -190,12 +211,19 @@ def build_captioner(texts: list[str], clip: str, model_cfg: Any, device: str = "
 
 def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainConfig, *, init: str | None = None,
                     clip: str | None = None, model_cfg: Any = None, pairs: str | dict[str, str] | None = None,
-                    device: str = "cpu", resume: bool = True) -> dict[str, Any]:
+                    device: str = "cpu", resume: bool = True,
+                    tokenizer_texts: Iterable[str] | None = None) -> dict[str, Any]:
     """Train one stage and save the checkpoint to ``out``; returns figures (loss, time, sizes).
 
     Stage ``alt`` starts from ``clip`` (a CLIP checkpoint; when none is given, a world CLIP is first trained
     on the same records' alt-text into ``out/alt_clip``) with ``model_cfg`` (a ClipPrefixConfig), or
     continues ``init``; stages ``short``/``descriptive`` fine-tune ``init``.
+
+    ``tokenizer_texts``: more texts for a tokenizer trained from scratch (a new stage-1 model without
+    ``model_cfg.lm``), typically the later stages' fine-tune captions (:func:`finetune_texts`). The tokenizer is
+    fixed in stage 1; trained on alt-text alone it splits the descriptive vocabulary ("sits", "There") into
+    pieces, which makes every descriptive sequence ~25% longer (bench/RESULTS.md). A pretrained LM's tokenizer
+    knows those words already, which is what this stands in for. Only the vocabulary sees these texts.
     """
     import torch
 
@@ -226,6 +254,10 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
 
     state_path = os.path.join(out, STATE_NAME)
     state = torch.load(state_path, weights_only=False) if resume and os.path.isfile(state_path) else None
+    tokenizer_texts = list(tokenizer_texts or [])
+    if tokenizer_texts and (stage != "alt" or init or (model_cfg is not None and model_cfg.lm)):
+        raise ValueError("tokenizer_texts applies only where a tokenizer is trained: a new stage-1 (alt) model "
+                         "without init and without a pretrained lm")
     if state is not None:
         if state["stage"] != stage:
             raise ValueError(f"{out!r} holds a {state['stage']!r} run; cannot resume it as {stage!r}")
@@ -241,7 +273,8 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
             clip = os.path.join(out, "alt_clip")
             log.info("no --clip given: training a world CLIP on the alt-text into %s", clip)
             train_clip(chosen, clip, ClipTrainConfig(text_field="alt", seed=cfg.seed), device=device)
-        cap = build_captioner(texts, clip, dataclasses.replace(model_cfg or ClipPrefixConfig(), stage=stage), device)
+        cap = build_captioner(texts + tokenizer_texts, clip,
+                              dataclasses.replace(model_cfg or ClipPrefixConfig(), stage=stage), device)
     tune = cap.cfg.finetune_vision
     if tune:
         cap.cfg = dataclasses.replace(cap.cfg, clip="clip")  # the tuned tower lives in the checkpoint

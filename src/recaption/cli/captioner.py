@@ -97,6 +97,14 @@ def captioner_train(
         prefix_pool: int = typer.Option(1, "--prefix-pool",
                                         help="Stage 1: average-pool the image token grid by this factor "
                                              "(2: 8x8 -> 4x4 tokens, a shorter, cheaper LM sequence)."),
+        tokenizer_texts: list[str] = typer.Option(
+            None, "--tokenizer-texts",
+            help="Stage 1: more texts for the new tokenizer (repeatable): 'short' or 'descriptive' (in the world, "
+                 "the true captions of that stage's fine-tune subset, chosen by --finetune-size and --seed as the "
+                 "stage will) or a JSONL file of {key, caption} pairs. Only the vocabulary sees them."),
+        lm_width: int = typer.Option(256, "--lm-width", help="Stage 1, no --lm: width of the GPT-2 from scratch."),
+        lm_layers: int = typer.Option(4, "--lm-layers", help="Stage 1, no --lm: its layers."),
+        lm_heads: int = typer.Option(4, "--lm-heads", help="Stage 1, no --lm: its attention heads."),
         recon_weight: float = typer.Option(
             0.0, "--recon-weight",
             help="With --finetune-vision: weight of a self-supervised loss that redraws each image from the "
@@ -113,9 +121,21 @@ def captioner_train(
     cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
                                finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
                                vision_lr_scale=vision_lr_scale, recon_weight=recon_weight)
-    model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool)
+    model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool,
+                                 lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads)
+    extra: list[str] = []
+    for t in tokenizer_texts or []:
+        if t in ("short", "descriptive"):
+            from recaption.captioners.train_prefix import finetune_texts
+            from recaption.clip.data import iter_records
+
+            extra += finetune_texts(list(iter_records(data)), [t], finetune_size, seed)
+        else:
+            from recaption.captioners.train_prefix import read_pairs
+
+            extra += list(read_pairs(t).values())
     metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=model_cfg,
-                              pairs=pairs, device=device, resume=resume)
+                              pairs=pairs, device=device, resume=resume, tokenizer_texts=extra)
     typer.echo(json.dumps(metrics))
 
 

@@ -1,0 +1,146 @@
+"""Diagnosis in the shapes world: what a clip-prefix captioner knows about an attribute, read with the truth.
+
+These probes use the world's truth labels, so they are measuring instruments, never part of the system under
+test (nothing they train is saved). Two of them:
+
+- ``lm``: teacher-force each one-object scene's true descriptive caption up to its word for the attribute
+  (fill, the one the captioners miss) and read the language model's next-token mass on each class's words. If
+  the rows of the printed table are alike, the LM writes that attribute from its prior, whatever the image.
+- ``tower``: a linear probe (logistic regression on the mean and max over each hidden state's map, 75/25
+  split) of the attribute from every hidden state of the captioner's tuned vision tower (or any CLIP folder).
+
+``python bench/probe_captioner.py lm bench_out/cap/descriptive``;
+``python bench/probe_captioner.py tower bench_out/cap/descriptive/clip``.
+Scenes: world seed 7 (disjoint from the bench's train seed 0 and held-out seed 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from typing import Any
+
+
+def one_object_scenes(n_scenes: int, seed: int = 7) -> list[Any]:
+    from recaption.world import record_scene
+    from recaption.world.dataset import generate_records
+
+    return [r for r in generate_records(n_scenes, seed) if len(record_scene(r).objects) == 1]
+
+
+def attribute_words(attribute: str) -> dict[str, tuple[str, ...]]:
+    """Class -> the words the world's captions use for it (fill only: size words also name signs)."""
+    from recaption.world.captions import FILL_WORDS
+
+    if attribute != "fill":
+        raise SystemExit(f"the lm probe reads fill only, not {attribute!r}")
+    return {k: tuple(v) for k, v in FILL_WORDS.items()}
+
+
+def probe_lm(ckpt: str, attribute: str = "fill", n_scenes: int = 1500) -> dict[str, Any]:
+    """Mean next-token mass on each class's words at the attribute's place in the true caption, by true class."""
+    import torch
+
+    from recaption.captioners.clip_prefix import clip_features, load_clip_prefix
+    from recaption.clip.data import load_pixels
+    from recaption.world import record_scene, truth_caption
+
+    cap = load_clip_prefix(ckpt)
+    cap.model.eval()
+    tok = cap.tokenizer
+    words = attribute_words(attribute)
+    classes = list(words)
+    first = {c: sorted({tok(" " + w.split("-")[0], add_special_tokens=False)["input_ids"][0] for w in ws})
+             for c, ws in words.items()}
+    pattern = re.compile(r"\b(" + "|".join(sorted({w for ws in words.values() for w in ws}, key=len,
+                                                    reverse=True)) + r")\b")
+    recs = one_object_scenes(n_scenes)
+    feats = clip_features(cap.clip, load_pixels(recs, 64), cap.cfg)
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    table = torch.zeros(len(classes), len(classes))
+    n = correct = 0
+    mass = 0.0
+    with torch.no_grad():
+        for r, f in zip(recs, feats, strict=True):
+            text = truth_caption(r, "descriptive")
+            m = pattern.search(text)
+            if not m:
+                continue
+            truth = classes.index(getattr(record_scene(r).objects[0], attribute))
+            ids = [bos] + tok(text[:m.start()].rstrip(), add_special_tokens=False)["input_ids"]
+            emb = cap.model.lm.get_input_embeddings()(torch.tensor([ids]))
+            logits = cap.model.lm(inputs_embeds=torch.cat([cap.model.prefix(f[None].float()), emb], 1)).logits
+            p = logits[0, -1].softmax(-1)
+            q = torch.tensor([float(p[first[c]].sum()) for c in classes])
+            mass += float(q.sum())
+            q = q / q.sum()
+            table[truth] += q
+            n += 1
+            correct += int(int(q.argmax()) == truth)
+    rows = {c: [round(float(x) / max(1e-9, float(table[i].sum())), 3) for x in table[i]]
+            for i, c in enumerate(classes)}
+    return {"checkpoint": ckpt, "attribute": attribute, "scenes": n, "classes": classes,
+            "word_mass": round(mass / max(1, n), 3), "argmax_accuracy": round(correct / max(1, n), 3),
+            "mean_probability_by_true_class": rows}
+
+
+def probe_tower(clip_dir: str, attribute: str = "fill", n_scenes: int = 2500, steps: int = 300) -> dict[str, Any]:
+    """Held-out accuracy of a linear probe of ``attribute`` on each hidden state of the vision tower."""
+    import torch
+
+    from recaption.captioners.clip_prefix import clip_geometry
+    from recaption.clip import load_clip
+    from recaption.clip.data import load_pixels, normalize
+    from recaption.world import record_scene
+
+    clip = load_clip(clip_dir)
+    clip.model.eval()
+    recs = one_object_scenes(n_scenes)
+    labels = [getattr(record_scene(r).objects[0], attribute) for r in recs]
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(v) for v in labels])
+    _, mean, std = clip_geometry(clip)
+    with torch.no_grad():
+        px = normalize(load_pixels(recs, 64), mean, std).to(clip.model.dtype)
+        hidden = clip.model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states
+    train = torch.arange(len(recs)) < int(0.75 * len(recs))
+    torch.manual_seed(0)
+    out = []
+    for i, h in enumerate(hidden):
+        x = torch.cat([h[:, 1:].mean(1), h[:, 1:].amax(1)], 1).float()
+        x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-5)
+        lin = torch.nn.Linear(x.shape[1], len(classes))
+        opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-3)
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin(x[train]), y[train]).backward()
+            opt.step()
+        acc = float((lin(x[~train]).argmax(1) == y[~train]).float().mean())
+        out.append({"hidden_state": i, "tokens": int(h.shape[1]) - 1, "dim": int(h.shape[2]), "accuracy": round(acc, 3)})
+    majority = float(torch.bincount(y[~train]).max()) / int((~train).sum())
+    return {"clip": clip_dir, "attribute": attribute, "scenes": len(recs), "majority": round(majority, 3),
+            "probes": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("lm", "tower"))
+    ap.add_argument("path", help="a clip-prefix checkpoint (lm) or a CLIP folder (tower)")
+    ap.add_argument("--attribute", default="fill", help="lm: fill; tower: any Obj field (fill, size, shape, color)")
+    ap.add_argument("--scenes", type=int, default=0, help="world scenes to draw one-object ones from")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.what == "lm":
+        res = probe_lm(args.path, args.attribute, args.scenes or 1500)
+    else:
+        res = probe_tower(args.path, args.attribute, args.scenes or 2500)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
