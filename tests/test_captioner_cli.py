@@ -53,6 +53,22 @@ def test_three_stages_caption_and_audit(tmp_path):
     assert rep["matched"] == 10 and "attribute_recall" in rep
 
 
+def test_tokenizer_texts_of_a_stage_need_world_records(tmp_path, capsys):
+    from PIL import Image
+
+    from recaption.io import open_writer
+    from recaption.records import Record, encode_png
+
+    with open_writer(str(tmp_path / "real"), "folder") as w:
+        for i in range(3):
+            w.write(Record(f"r{i}", image=encode_png(Image.new("RGB", (8, 8))), captions={"alt": "a photo"}))
+    assert run(["captioner", "train", "--stage", "alt", "--data", str(tmp_path / "real"), "--out",
+                str(tmp_path / "o"), "--clip", str(tmp_path / "none"), "--tokenizer-texts", "short",
+                "--finetune-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--tokenizer-texts short" in err and "pairs" in err
+
+
 def test_user_errors_are_one_line(tmp_path, capsys):
     assert run(["captioner", "train", "--stage", "short", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "--init" in capsys.readouterr().err

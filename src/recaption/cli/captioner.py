@@ -129,7 +129,11 @@ def captioner_train(
             from recaption.captioners.train_prefix import finetune_texts
             from recaption.clip.data import iter_records
 
-            extra += finetune_texts(list(iter_records(data)), [t], finetune_size, seed)
+            try:
+                extra += finetune_texts(list(iter_records(data)), [t], finetune_size, seed)
+            except KeyError as e:  # not a world record: no true captions to choose from
+                raise ValueError(f"--tokenizer-texts {t}: {e.args[0]}; on real data give the fine-tune pairs "
+                                 f"file (JSONL of {{key, caption}}) instead") from None
         else:
             from recaption.captioners.train_prefix import read_pairs
 
