@@ -123,20 +123,20 @@ def captioner_train(
                                vision_lr_scale=vision_lr_scale, recon_weight=recon_weight)
     model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool,
                                  lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads)
+    from recaption.captioners.train_prefix import finetune_texts, read_pairs
+
     extra: list[str] = []
+    world_stages = [t for t in tokenizer_texts or [] if t in ("short", "descriptive")]
+    if world_stages:  # one read of the dataset for all of them
+        from recaption.clip.data import iter_records
+
+        try:
+            extra += finetune_texts(list(iter_records(data)), world_stages, finetune_size, seed)
+        except KeyError as e:  # not a world record: no true captions to choose from
+            raise ValueError(f"--tokenizer-texts {' '.join(world_stages)}: {e.args[0]}; on real data give the "
+                             f"fine-tune pairs file (JSONL of {{key, caption}}) instead") from None
     for t in tokenizer_texts or []:
-        if t in ("short", "descriptive"):
-            from recaption.captioners.train_prefix import finetune_texts
-            from recaption.clip.data import iter_records
-
-            try:
-                extra += finetune_texts(list(iter_records(data)), [t], finetune_size, seed)
-            except KeyError as e:  # not a world record: no true captions to choose from
-                raise ValueError(f"--tokenizer-texts {t}: {e.args[0]}; on real data give the fine-tune pairs "
-                                 f"file (JSONL of {{key, caption}}) instead") from None
-        else:
-            from recaption.captioners.train_prefix import read_pairs
-
+        if t not in world_stages:
             extra += list(read_pairs(t).values())
     metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=model_cfg,
                               pairs=pairs, device=device, resume=resume, tokenizer_texts=extra)
