@@ -45,6 +45,7 @@ def main() -> None:
                     help="time boxes of the alt, short and descriptive stages in minutes (0: none)")
     ap.add_argument("--clip-batch", type=int, default=128)
     ap.add_argument("--clip-arch", choices=("vit", "resnet"), default="vit", help="the world CLIP's image tower")
+    ap.add_argument("--clip-hard-negatives", default="", help="'world' or a word-groups JSON: NegCLIP negatives")
     ap.add_argument("--prefix-pool", type=int, default=1,
                     help="average-pool the image token grid by this factor (2: 8x8 -> 4x4, a shorter LM sequence)")
     ap.add_argument("--vision-lr-scale", type=float, default=0.5,
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--recon-weight", default="0,0,0",
                     help="per stage (alt,short,descriptive): weight of the self-supervised reconstruction loss "
                          "on the tuned tower (with --finetune-vision; 0: off)")
+    ap.add_argument("--bow-weight", default="0,0,0",
+                    help="per stage (alt,short,descriptive): weight of the bag-of-words loss on the prefix (0: off)")
     ap.add_argument("--stage-lr", default="0,0,0", help="peak LR of alt,short,descriptive (0: the stage default)")
     ap.add_argument("--tokenizer-finetune", action="store_true",
                     help="train the stage-1 tokenizer on the alt-text and the short/descriptive fine-tune captions")
@@ -76,10 +79,12 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     boxes = [float(m) for m in args.stage_minutes.split(",")]
     recon = [float(w) for w in args.recon_weight.split(",")]
+    bows = [float(w) for w in args.bow_weight.split(",")]
     lrs = [float(x) for x in args.stage_lr.split(",")]
-    if len(boxes) != 3 or len(recon) != 3 or len(lrs) != 3:
-        ap.error("--stage-minutes, --recon-weight and --stage-lr want three numbers each (alt,short,descriptive), "
-                 f"got {args.stage_minutes!r}, {args.recon_weight!r} and {args.stage_lr!r}")
+    if len(boxes) != 3 or len(recon) != 3 or len(lrs) != 3 or len(bows) != 3:
+        ap.error("--stage-minutes, --recon-weight, --bow-weight and --stage-lr want three numbers each "
+                 f"(alt,short,descriptive), got {args.stage_minutes!r}, {args.recon_weight!r}, {args.bow_weight!r} "
+                 f"and {args.stage_lr!r}")
 
     def dump() -> None:  # after every stage, so a run stopped part way keeps what it measured
         with open(args.json or f"{args.out}/bench.json", "w") as f:
@@ -101,7 +106,7 @@ def main() -> None:
     else:
         res["clip"] = train_clip(train, f"{args.out}/clip", ClipTrainConfig(
             steps=args.clip_steps, batch_size=args.clip_batch, max_minutes=args.clip_minutes,
-            vision_arch=args.clip_arch), device=args.device)
+            vision_arch=args.clip_arch, hard_negatives=args.clip_hard_negatives), device=args.device)
     res["clip"]["wall_seconds"] = round(time.time() - t, 1)
     dump()
     model_cfg = ClipPrefixConfig(finetune_vision=args.finetune_vision, prefix_pool=args.prefix_pool,
@@ -112,12 +117,12 @@ def main() -> None:
     tok_extra = finetune_texts(train, ("short", "descriptive"), args.finetune_size) if args.tokenizer_finetune else []
     stages = [("alt", None, args.alt_steps), ("short", "alt", args.short_steps),
               ("descriptive", args.desc_init, args.desc_steps)]
-    for (stage, init, steps), box, w, lr in zip(stages, boxes, recon, lrs, strict=True):
+    for (stage, init, steps), box, w, lr, bw in zip(stages, boxes, recon, lrs, bows, strict=True):
         t = time.time()
         m = train_captioner(train, f"{args.out}/{stage}",
                             CaptionerTrainConfig(stage=stage, steps=steps, finetune_size=args.finetune_size,
                                                  max_minutes=box, vision_lr_scale=args.vision_lr_scale,
-                                                 recon_weight=w, lr=lr,
+                                                 recon_weight=w, lr=lr, bow_weight=bw,
                                                  batch_size=args.alt_batch if stage == "alt" else 0),
                             init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
                             model_cfg=None if init else model_cfg, device=args.device, resume=False,

@@ -3,9 +3,13 @@
 These probes use the world's truth labels, so they are measuring instruments, never part of the system under
 test (nothing they train is saved). Two of them:
 
-- ``lm``: teacher-force each one-object scene's true descriptive caption up to its word for the attribute
-  (fill, the one the captioners miss) and read the language model's next-token mass on each class's words. If
-  the rows of the printed table are alike, the LM writes that attribute from its prior, whatever the image.
+- ``lm``: teacher-force each scene's true descriptive caption up to each of its words for the attribute
+  (fill, the one the captioners miss; the i-th fill word names the i-th group of identical objects) and read
+  the language model's next-token mass on each class's words. If the rows of the printed table are alike, the
+  LM writes that attribute from its prior, whatever the image. ``--source`` picks the scenes: one-object
+  scenes of seed 7 (default), the checkpoint's own fine-tune subset of the bench's train set (seed 0; its
+  ``finetune_keys.json``), or the bench's held-out set (seed 1). Far better on its fine-tune subset than on
+  held-out scenes = the LM memorised its captions rather than learning to read the attribute.
 - ``tower``: a linear probe (logistic regression on the mean and max over each hidden state's map, 75/25
   split) of the attribute from every hidden state of the captioner's tuned vision tower (or any CLIP folder).
 
@@ -38,13 +42,31 @@ def attribute_words(attribute: str) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in FILL_WORDS.items()}
 
 
-def probe_lm(ckpt: str, attribute: str = "fill", n_scenes: int = 1500) -> dict[str, Any]:
-    """Mean next-token mass on each class's words at the attribute's place in the true caption, by true class."""
+def probe_records(source: str, ckpt: str, n_scenes: int) -> list[Any]:
+    """The scenes of ``--source`` (see the module docstring)."""
+    import os
+
+    from recaption.world.dataset import generate_records
+
+    if source == "oneobj":
+        return one_object_scenes(n_scenes)
+    if source == "heldout":
+        return list(generate_records(n_scenes, seed=1))
+    if source == "finetune":
+        with open(os.path.join(ckpt, "finetune_keys.json")) as f:
+            keys = set(json.load(f))
+        return [r for r in generate_records(n_scenes, seed=0) if r.key in keys]
+    raise SystemExit(f"unknown --source {source!r}: oneobj, finetune or heldout")
+
+
+def probe_lm(ckpt: str, attribute: str = "fill", n_scenes: int = 1500, source: str = "oneobj") -> dict[str, Any]:
+    """Mean next-token mass on each class's words at the attribute's places in the true caption, by true class."""
     import torch
 
     from recaption.captioners.clip_prefix import clip_features, load_clip_prefix
     from recaption.clip.data import load_pixels
     from recaption.world import record_scene, truth_caption
+    from recaption.world.captions import kind_groups
 
     cap = load_clip_prefix(ckpt)
     cap.model.eval()
@@ -55,7 +77,7 @@ def probe_lm(ckpt: str, attribute: str = "fill", n_scenes: int = 1500) -> dict[s
              for c, ws in words.items()}
     pattern = re.compile(r"\b(" + "|".join(sorted({w for ws in words.values() for w in ws}, key=len,
                                                     reverse=True)) + r")\b")
-    recs = one_object_scenes(n_scenes)
+    recs = probe_records(source, ckpt, n_scenes)
     feats = clip_features(cap.clip, load_pixels(recs, 64), cap.cfg)
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     table = torch.zeros(len(classes), len(classes))
@@ -64,23 +86,26 @@ def probe_lm(ckpt: str, attribute: str = "fill", n_scenes: int = 1500) -> dict[s
     with torch.no_grad():
         for r, f in zip(recs, feats, strict=True):
             text = truth_caption(r, "descriptive")
-            m = pattern.search(text)
-            if not m:
+            groups = kind_groups(record_scene(r))
+            found = list(pattern.finditer(text))
+            if not found or len(found) != len(groups):
                 continue
-            truth = classes.index(getattr(record_scene(r).objects[0], attribute))
-            ids = [bos] + tok(text[:m.start()].rstrip(), add_special_tokens=False)["input_ids"]
-            emb = cap.model.lm.get_input_embeddings()(torch.tensor([ids]))
-            logits = cap.model.lm(inputs_embeds=torch.cat([cap.model.prefix(f[None].float()), emb], 1)).logits
-            p = logits[0, -1].softmax(-1)
-            q = torch.tensor([float(p[first[c]].sum()) for c in classes])
-            mass += float(q.sum())
-            q = q / q.sum()
-            table[truth] += q
-            n += 1
-            correct += int(int(q.argmax()) == truth)
+            prefix = cap.model.prefix(f[None].float())
+            for m, group in zip(found, groups, strict=True):
+                truth = classes.index(getattr(group[0], attribute))
+                ids = [bos] + tok(text[:m.start()].rstrip(), add_special_tokens=False)["input_ids"]
+                emb = cap.model.lm.get_input_embeddings()(torch.tensor([ids]))
+                logits = cap.model.lm(inputs_embeds=torch.cat([prefix, emb], 1)).logits
+                p = logits[0, -1].softmax(-1)
+                q = torch.tensor([float(p[first[c]].sum()) for c in classes])
+                mass += float(q.sum())
+                q = q / q.sum()
+                table[truth] += q
+                n += 1
+                correct += int(int(q.argmax()) == truth)
     rows = {c: [round(float(x) / max(1e-9, float(table[i].sum())), 3) for x in table[i]]
             for i, c in enumerate(classes)}
-    return {"checkpoint": ckpt, "attribute": attribute, "scenes": n, "classes": classes,
+    return {"checkpoint": ckpt, "attribute": attribute, "source": source, "words": n, "classes": classes,
             "word_mass": round(mass / max(1, n), 3), "argmax_accuracy": round(correct / max(1, n), 3),
             "mean_probability_by_true_class": rows}
 
@@ -129,6 +154,8 @@ def main() -> None:
     ap.add_argument("path", help="a clip-prefix checkpoint (lm) or a CLIP folder (tower)")
     ap.add_argument("--attribute", default="fill", help="lm: fill; tower: any Obj field (fill, size, shape, color)")
     ap.add_argument("--scenes", type=int, default=0, help="world scenes to draw one-object ones from")
+    ap.add_argument("--source", default="oneobj", choices=("oneobj", "finetune", "heldout"),
+                    help="lm: which scenes (see above); finetune reads the bench's 20,000 train scenes")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     import torch
@@ -136,7 +163,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "lm":
-        res = probe_lm(args.path, args.attribute, args.scenes or 1500)
+        default_n = {"oneobj": 1500, "finetune": 20000, "heldout": 1000}[args.source]
+        res = probe_lm(args.path, args.attribute, args.scenes or default_n, args.source)
     else:
         res = probe_tower(args.path, args.attribute, args.scenes or 2500)
     print(json.dumps(res, indent=1))

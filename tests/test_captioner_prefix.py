@@ -366,3 +366,40 @@ def test_tokenizer_texts_shorten_later_captions_and_train_nothing_else(tmp_path,
                         tokenizer_texts=extra)
     with pytest.raises(ValueError, match="short"):
         finetune_texts(records, ("alt",))
+
+
+def test_bow_head_targets_skip_template_words_and_reward_a_prefix_near_the_words():
+    from recaption.captioners.train_prefix import BowHead
+
+    ids = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 5, 8, 2, 0, 0], [1, 5, 9, 9, 2, 0]])  # BOS 1, EOS 2, pad 0
+    lengths = torch.tensor([5, 4, 5])
+    head = BowHead(ids, lengths, vocab=12, specials=(1, 2, 0), max_df=0.5)
+    hot = head.multi_hot(ids, lengths)
+    assert hot[1].nonzero().flatten().tolist() == [1, 2, 5, 8]  # the padding past the length is not a word
+    assert head.skip[5] and head.skip[1] and head.skip[2] and not head.skip[6]  # 5 is in every caption: a template
+    emb = torch.eye(12, 16)  # word w's embedding: the unit vector e_w
+    near = torch.stack([emb[[6, 7]], emb[[8, 8]], emb[[9, 9]]])  # (B, P=2, D): each caption's words in its prefix
+    far = torch.stack([emb[[10, 11]], emb[[10, 11]], emb[[10, 11]]])
+    with torch.no_grad():
+        assert float(head.loss(near, emb, ids, lengths)) < float(head.loss(far, emb, ids, lengths)) - 1.0
+        only_templates = head.loss(near[:1], emb, torch.tensor([[1, 5, 2]]), torch.tensor([3]))
+    assert float(only_templates) == 0.0  # no target words: nothing to learn, no NaN
+
+
+def test_bow_loss_trains_records_its_head_and_resumes_exactly(tmp_path, records, clip_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    m = _alt(tmp_path / "bow", records, clip_dir, steps=4, bow_weight=1.0)
+    assert m["final_bow_loss"] > 0
+    state = torch.load(tmp_path / "bow" / "train_state.pt", weights_only=False)
+    assert set(state["bow_head"]) == {"bias", "log_scale"}  # training state, not part of the saved captioner
+    _alt(tmp_path / "straight", records, clip_dir, steps=6, save_every=3, bow_weight=1.0)
+    killed_at_step_5(monkeypatch, lambda: _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3,
+                                               bow_weight=1.0))
+    assert _alt(tmp_path / "resumed", records, clip_dir, steps=6, save_every=3, bow_weight=1.0)["resumed_from"] == 3
+    x, y = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "resumed"))
+    assert all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)
+    _alt(tmp_path / "no_bow", records, clip_dir, steps=6, save_every=3)
+    z = load_file(str(tmp_path / "no_bow" / "model.safetensors"))
+    assert x.keys() == z.keys()  # the head is not saved with the captioner
+    assert any(not torch.allclose(x[k], z[k], atol=1e-6) for k in x)  # the loss changed the training

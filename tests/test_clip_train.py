@@ -135,3 +135,13 @@ def test_lr_follows_the_time_box_when_it_is_ahead_of_the_steps():
     assert _lr(10, cfg, spent=0.5) == pytest.approx(0.5)  # half the box used: the cosine is half way
     assert _lr(10, cfg, spent=1.0) == pytest.approx(0.0)
     assert _lr(1000, cfg, spent=0.1) == pytest.approx(0.0)  # the steps ran out first
+
+
+def test_hard_negatives_are_drawn_and_recorded(tmp_path, records):
+    m = train_clip(records, str(tmp_path / "clip"), ClipTrainConfig(**{**TINY_CLIP, "steps": 3,
+                                                                        "hard_negatives": "world"}))
+    assert m["hard_negatives_per_image"] > 0.3  # most alt-texts name a colour or a shape
+    saved = json.load(open(tmp_path / "clip" / "clip_train.json"))
+    assert saved["config"]["hard_negatives"] == "world"
+    with pytest.raises(ValueError, match="nope.json"):
+        train_clip(records, str(tmp_path / "c2"), ClipTrainConfig(**{**TINY_CLIP, "hard_negatives": "nope.json"}))

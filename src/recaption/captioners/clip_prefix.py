@@ -153,10 +153,11 @@ class ClipPrefixModel(torch.nn.Module):
             return self.mapper(x)
         return self.mapper(self.queries.expand(x.shape[0], -1, -1), x)  # (B, K, D)
 
-    def loss(self, feats: Any, ids: Any, lengths: Any) -> Any:
+    def loss(self, feats: Any, ids: Any, lengths: Any, return_prefix: bool = False) -> Any:
         """LM loss on ``ids`` (``BOS caption EOS`` then padding) after the image prefix.
 
         Masked on the prefix, on the BOS (given, not predicted) and on padding past each ``length``.
+        ``return_prefix``: also return the prefix embeddings ``(B, P, D)`` (for an auxiliary loss on them).
         """
         pre = self.prefix(feats)  # (B, P, D)
         B, P, _ = pre.shape
@@ -167,7 +168,8 @@ class ClipPrefixModel(torch.nn.Module):
         labels[:, 0] = -100  # BOS is given
         labels = torch.cat([torch.full((B, P), -100, dtype=ids.dtype, device=ids.device), labels], dim=1)
         mask = torch.cat([torch.ones(B, P, dtype=torch.long, device=ids.device), valid.long()], dim=1)
-        return self.lm(inputs_embeds=torch.cat([pre, emb], dim=1), attention_mask=mask, labels=labels).loss
+        loss = self.lm(inputs_embeds=torch.cat([pre, emb], dim=1), attention_mask=mask, labels=labels).loss
+        return (loss, pre) if return_prefix else loss
 
 
 # -- CLIP features --------------------------------------------------------------------------------------

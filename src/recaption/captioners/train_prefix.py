@@ -12,6 +12,10 @@ With a frozen CLIP (the default) features are computed once per run and the loop
 with ``finetune_vision`` the vision tower is tuned along (pixels are kept as uint8, 12 KB an image).
 ``recon_weight`` adds a self-supervised loss on the tuned tower (a small head redraws each image from its
 feature map; pixels only, so no truth leaks), for what the captions never ask the tower to see.
+``bow_weight`` adds a bag-of-words loss on the prefix: each stage's own captions ask the prefix tokens, read
+through the LM's (frozen) word embeddings, to predict which words the caption uses (the best-matching token for
+each word; multiple-instance, so no word is tied to a place). It hands the caption's attribute words straight to
+the tower and mapper, one short path instead of through the whole LM, in a form the LM can copy.
 Checkpoints hold their config (inside and beside) and a ``train_state.pt`` (optimizer, step, RNG, the
 reconstruction head): a run restarted with the same arguments resumes where it stopped.
 """
@@ -71,6 +75,8 @@ class CaptionerTrainConfig:
     max_minutes: float = 0.0  # > 0: a time box for this process's steps; the cosine follows steps or time
     recon_weight: float = 0.0  # > 0 (finetune_vision): weight of the self-supervised reconstruction loss
     recon_batch: int = 16  # images of each batch the reconstruction head decodes (its cost grows with them)
+    bow_weight: float = 0.0  # > 0: weight of the bag-of-words loss on the prefix (see the module docstring)
+    bow_max_df: float = 0.5  # words in more than this share of the stage's captions are not bag-of-words targets
 
     def resolved(self) -> CaptionerTrainConfig:
         return dataclasses.replace(self, steps=self.steps or DEFAULT_STEPS[self.stage],
@@ -144,6 +150,61 @@ def recon_head(dim: int, grid: int, size: int, width: int = 64) -> Any:
     if g != size:
         layers.append(torch.nn.Upsample(size=(size, size), mode="bilinear"))
     return torch.nn.Sequential(*layers)
+
+
+class BowHead:
+    """The bag-of-words loss's few parameters (a per-word bias and a logit scale) and its targets.
+
+    Logits of word ``w`` at prefix token ``p``: ``scale * cos(prefix_p, E_w) + bias_w`` with ``E`` the LM's
+    word embeddings (detached: the loss moves the prefix toward the words, not the words toward the prefix); a
+    caption's logits are the max over its prefix tokens; the loss is the cross-entropy against the caption's
+    words, spread evenly (Mahajan et al. 2018's multi-label softmax). Words in more than ``max_df`` of the
+    stage's captions (template words: "there", "the") and the special tokens are no targets.
+    """
+
+    def __init__(self, ids: Any, lengths: Any, vocab: int, specials: Iterable[int | None], max_df: float,
+                 device: str = "cpu") -> None:
+        import torch
+
+        self.vocab = vocab
+        present = self.multi_hot(ids, lengths)
+        self.skip = present.float().mean(0) > max_df
+        for t in specials:
+            if t is not None and 0 <= t < vocab:
+                self.skip[t] = True
+        self.bias = torch.nn.Parameter(torch.zeros(vocab, device=device))
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(10.0), device=device))
+
+    def parameters(self) -> list[Any]:
+        return [self.bias, self.log_scale]
+
+    def multi_hot(self, ids: Any, lengths: Any) -> Any:
+        """``(B, V)`` bool: which token ids each caption uses (padding past its length excluded)."""
+        import torch
+
+        valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        out = torch.zeros(ids.shape[0], self.vocab, dtype=torch.bool)
+        out.scatter_(1, ids.masked_fill(~valid, 0), valid)
+        return out
+
+    def loss(self, prefix: Any, embeddings: Any, ids: Any, lengths: Any) -> Any:
+        import torch.nn.functional as F
+
+        target = (self.multi_hot(ids, lengths) & ~self.skip).float().to(prefix.device)
+        keep = target.sum(1) > 0
+        if not bool(keep.any()):
+            return prefix.sum() * 0.0
+        target = target[keep] / target[keep].sum(1, keepdim=True)
+        cos = F.normalize(prefix[keep].float(), dim=-1) @ F.normalize(embeddings.detach().float(), dim=-1).T
+        logits = (self.log_scale.exp() * cos).amax(1) + self.bias  # (B, V): the best prefix token per word
+        return -(target * logits.log_softmax(-1)).sum(1).mean()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bias": self.bias.detach().clone(), "log_scale": self.log_scale.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bias.data.copy_(state["bias"])
+        self.log_scale.data.copy_(state["log_scale"])
 
 
 def recon_loss(rec: Any, pixels: Any) -> Any:
@@ -310,6 +371,14 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
             head.load_state_dict(load_file(os.path.join(init, RECON_NAME)))
             log.info("reconstruction head from %s", init)
         groups.append({"params": list(head.parameters()), "lr_scale": 1.0})
+    bow = None
+    if cfg.bow_weight > 0:
+        tk = cap.tokenizer
+        bow = BowHead(ids, lengths, model.lm.get_input_embeddings().weight.shape[0],
+                      (tk.bos_token_id, tk.eos_token_id, tk.pad_token_id), cfg.bow_max_df, device)
+        if state is not None and "bow_head" in state:  # resumed: the head as it was at that step
+            bow.load_state_dict(state["bow_head"])
+        groups.append({"params": bow.parameters(), "lr_scale": 1.0, "weight_decay": 0.0})
     opt = adamw(groups, device, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
@@ -323,14 +392,15 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
         cap.save(out, extra={"train": dataclasses.asdict(cfg), "n_examples": len(keys), **extra})
         torch.save({"stage": stage, "step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "train": dataclasses.asdict(cfg),
-                    **({"recon_head": head.state_dict()} if head is not None else {})}, state_path + ".tmp")
+                    **({"recon_head": head.state_dict()} if head is not None else {}),
+                    **({"bow_head": bow.state_dict()} if bow is not None else {})}, state_path + ".tmp")
         os.replace(state_path + ".tmp", state_path)
         if head is not None:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in head.state_dict().items()}, os.path.join(out, RECON_NAME))
 
-    t1, losses, rec_losses, done = time.time(), [], [], start
+    t1, losses, rec_losses, bow_losses, done = time.time(), [], [], [], start
     for step in range(start, cfg.steps):
         spent = (time.time() - t1) / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
         if spent >= 1.0:
@@ -348,15 +418,21 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
             rec_losses.append(rec_loss.detach())
         else:
             x = vision_tokens(cap.clip, data_x[b], cap.cfg) if tune else data_x[b].to(device)
-        loss = model.loss(x, ids[b, :L].to(device), lengths[b].to(device))
+        loss, pre = model.loss(x, ids[b, :L].to(device), lengths[b].to(device), return_prefix=True)
+        total = loss + cfg.recon_weight * rec_loss if head is not None else loss
+        if bow is not None:
+            bow_loss = bow.loss(pre, model.lm.get_input_embeddings().weight, ids[b, :L], lengths[b])
+            bow_losses.append(bow_loss.detach())
+            total = total + cfg.bow_weight * bow_loss
         opt.zero_grad(set_to_none=True)
-        (loss + cfg.recon_weight * rec_loss if head is not None else loss).backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
         losses.append(loss.detach())
         done = step + 1
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             rec = f", reconstruction {float(torch.stack(rec_losses[-100:]).mean()):.4f}" if rec_losses else ""
+            rec += f", bag of words {float(torch.stack(bow_losses[-100:]).mean()):.4f}" if bow_losses else ""
             log.info("captioner %s step %d/%d loss %.4f%s (%.1f s)", stage, step + 1, cfg.steps,
                      float(torch.stack(losses[-100:]).mean()), rec, time.time() - t1)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
@@ -364,7 +440,8 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
     metrics = {"stage": stage, "examples": len(keys), "steps": done, "resumed_from": start,
                "prep_seconds": round(prep_s, 1), "train_seconds": round(time.time() - t1, 1),
                "final_loss": float(torch.stack(losses[-50:]).mean()) if losses else None,
-               **({"final_recon_loss": float(torch.stack(rec_losses[-50:]).mean())} if rec_losses else {})}
+               **({"final_recon_loss": float(torch.stack(rec_losses[-50:]).mean())} if rec_losses else {}),
+               **({"final_bow_loss": float(torch.stack(bow_losses[-50:]).mean())} if bow_losses else {})}
     model.eval()
     cap.clip.model.eval()
     checkpoint(done, {"metrics": metrics})

@@ -64,12 +64,16 @@ def clip_train(data: str = typer.Option(..., "--data", help="World dataset (any 
                vision_arch: str = typer.Option("vit", "--vision-arch",
                                                help="Image tower: vit (CLIPModel) or resnet (a ResNetModel "
                                                     "tower: reads small shapes far sooner from scratch)."),
+               hard_negatives: str = typer.Option(
+                   "", "--hard-negatives",
+                   help="NegCLIP: also contrast each caption with copies that swap one attribute word: 'world' "
+                        "(the shapes world's words) or a JSON file of word groups (recaption.clip.negatives)."),
                device: str = typer.Option("cpu", "--device")) -> None:
     """Train a small CLIP from scratch; prints held-out zero-shot retrieval accuracy."""
     from recaption.clip.train import ClipTrainConfig, train_clip
 
     cfg = ClipTrainConfig(text_field=text_field, steps=steps, batch_size=batch_size, heldout=heldout, seed=seed,
-                          max_minutes=max_minutes, vision_arch=vision_arch)
+                          max_minutes=max_minutes, vision_arch=vision_arch, hard_negatives=hard_negatives)
     typer.echo(json.dumps(train_clip(data, out, cfg, device=device)))
 
 
@@ -109,6 +113,10 @@ def captioner_train(
             0.0, "--recon-weight",
             help="With --finetune-vision: weight of a self-supervised loss that redraws each image from the "
                  "tower's feature map, so the tower keeps what the captions never ask for (0: off)."),
+        bow_weight: float = typer.Option(
+            0.0, "--bow-weight",
+            help="Weight of a bag-of-words loss: the image prefix, read through the LM's word embeddings, "
+                 "predicts the words of its caption (0: off)."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
         max_minutes: float = typer.Option(0.0, "--max-minutes",
                                           help="Time box for this run: stop and save after this many minutes "
@@ -120,7 +128,7 @@ def captioner_train(
 
     cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
                                finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
-                               vision_lr_scale=vision_lr_scale, recon_weight=recon_weight)
+                               vision_lr_scale=vision_lr_scale, recon_weight=recon_weight, bow_weight=bow_weight)
     model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool,
                                  lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads)
     from recaption.captioners.train_prefix import finetune_texts, read_pairs

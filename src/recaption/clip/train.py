@@ -6,7 +6,9 @@ descriptive captions (``text_field="truth.descriptive"``). The model is the libr
 from a tiny config (ViT on 64 px images with 8 px patches, a small text transformer), its tokenizer a
 byte-level BPE trained on the same texts, saved with a ``CLIPImageProcessor`` config so that
 :func:`recaption.clip.load_clip` loads it like the public ViT-B/32. Objective: the symmetric InfoNCE loss
-of Radford et al. (2021), as ``CLIPModel(return_loss=True)`` computes it.
+of Radford et al. (2021), as ``CLIPModel(return_loss=True)`` computes it; with ``hard_negatives`` each
+caption's swapped-attribute copies (:mod:`recaption.clip.negatives`, NegCLIP) join the texts every image is
+told apart from.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class ClipTrainConfig:
     resnet_stem: int = 32  # vision_arch="resnet": stem width, stage widths and depths (two stages: 8x8 at 64 px)
     resnet_widths: tuple[int, ...] = (64, 128)
     resnet_depths: tuple[int, ...] = (2, 2)
+    hard_negatives: str = ""  # "" none; "world" or a JSON file of word groups: NegCLIP's swapped-word negatives
 
     def __post_init__(self) -> None:
         if self.vision_arch not in VISION_ARCHS:
@@ -151,6 +154,17 @@ def _lr(step: int, cfg: ClipTrainConfig, spent: float = 0.0) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def contrastive_loss(model: Any, ids: Any, mask: Any, pixels: Any, n_images: int) -> Any:
+    """Symmetric InfoNCE over ``n_images`` (image, text) pairs; texts past ``n_images`` are extra negatives
+    for the image-to-text side only (they have no image of their own)."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits_per_image  # (B, B + M)
+    target = torch.arange(n_images, device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :n_images].T, target)) / 2
+
+
 def train_clip(data: str | Iterable[Record], out: str, cfg: ClipTrainConfig = ClipTrainConfig(),
                device: str = "cpu") -> dict[str, Any]:
     """Train a world CLIP on ``data`` and save it to ``out``; returns held-out retrieval figures.
@@ -164,6 +178,13 @@ def train_clip(data: str | Iterable[Record], out: str, cfg: ClipTrainConfig = Cl
     from recaption.clip.tokenizer import train_tokenizer
 
     torch.manual_seed(cfg.seed)
+    negatives, n_neg = None, 0
+    if cfg.hard_negatives:  # read the word groups before the data, so a bad file fails at once
+        import random
+
+        from recaption.clip.negatives import HardNegatives, load_word_groups
+
+        negatives, neg_rng = HardNegatives(load_word_groups(cfg.hard_negatives)), random.Random(cfg.seed)
     records = list(iter_records(data))
     if len(records) < 2 * cfg.heldout + 2:
         cfg = dataclasses.replace(cfg, heldout=max(1, len(records) // 10))
@@ -191,9 +212,17 @@ def train_clip(data: str | Iterable[Record], out: str, cfg: ClipTrainConfig = Cl
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg, spent)
         b = tr_idx[torch.randint(len(tr_idx), (min(cfg.batch_size, len(tr_idx)),), generator=gen)]
-        L = int(mask[b].sum(1).max())  # trim padding to the batch's longest text
-        loss = model(input_ids=ids[b, :L].to(device), attention_mask=mask[b, :L].to(device),
-                     pixel_values=normalize(pixels[b].to(device)), return_loss=True).loss
+        bi, bm = ids[b], mask[b]
+        if negatives is not None:
+            negs = [n for i in b.tolist() for n in negatives(texts[i], neg_rng)]
+            n_neg += len(negs)
+            if negs:
+                ne = tok(negs, padding="max_length", truncation=True, max_length=cfg.max_text_tokens,
+                         return_tensors="pt")
+                bi, bm = torch.cat([bi, ne["input_ids"]]), torch.cat([bm, ne["attention_mask"]])
+        L = int(bm.sum(1).max())  # trim padding to the batch's longest text
+        loss = contrastive_loss(model, bi[:, :L].to(device), bm[:, :L].to(device),
+                                normalize(pixels[b].to(device)), len(b))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -212,6 +241,8 @@ def train_clip(data: str | Iterable[Record], out: str, cfg: ClipTrainConfig = Cl
     os.makedirs(out, exist_ok=True)
     encoder.save(out)
     metrics = evaluate_retrieval(encoder, pixels[held], [texts[i] for i in held])
+    if negatives is not None:
+        metrics["hard_negatives_per_image"] = round(n_neg / max(1, done * min(cfg.batch_size, len(tr_idx))), 3)
     metrics.update(train_seconds=round(train_s, 1), steps=done,
                    final_loss=float(torch.stack(losses[-50:]).mean()) if losses else None)
     with open(os.path.join(out, CONFIG_NAME), "w") as f:
