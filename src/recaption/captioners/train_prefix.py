@@ -15,7 +15,8 @@ feature map; pixels only, so no truth leaks), for what the captions never ask th
 ``bow_weight`` adds a bag-of-words loss on the prefix: each stage's own captions ask the prefix tokens, read
 through the LM's (frozen) word embeddings, to predict which words the caption uses (the best-matching token for
 each word; multiple-instance, so no word is tied to a place). It hands the caption's attribute words straight to
-the tower and mapper, one short path instead of through the whole LM, in a form the LM can copy.
+the tower and mapper, one short path instead of through the whole LM, in a form the LM can copy. Measured in the
+world at weight 1 it did the opposite (fill recall 0.21 -> 0.11; bench/RESULTS.md, "Hard negatives ..."): off by default.
 Checkpoints hold their config (inside and beside) and a ``train_state.pt`` (optimizer, step, RNG, the
 reconstruction head): a run restarted with the same arguments resumes where it stopped.
 """
