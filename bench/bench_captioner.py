@@ -21,6 +21,25 @@ import shutil
 import time
 
 
+def caption_and_audit(ckpt: str, held: list, images: list, mode: str, batch_size: int,
+                      device: str = "cpu") -> dict:
+    """Caption the held-out ``images`` (batched, greedy) with a checkpoint and audit them against ``held``'s truth:
+    the audit's figures, ``images_per_second`` and three example captions."""
+    from recaption.captioners.clip_prefix import load_clip_prefix
+    from recaption.eval.audit import audit
+
+    cap = load_clip_prefix(ckpt, device=device)
+    cap.decode = type(cap.decode)(batch_size=batch_size)
+    t = time.time()
+    caps = cap.caption(images, mode)
+    secs = time.time() - t
+    report = audit(held, {r.key: c for r, c in zip(held, caps, strict=True)}, mode=mode)
+    per = report.pop("per_caption")
+    report["images_per_second"] = round(len(images) / secs, 2)
+    report["examples"] = [p["caption"] for p in per[:3]]
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-n", type=int, default=20000)
@@ -70,10 +89,10 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from recaption.captioners.clip_prefix import ClipPrefixConfig, load_clip_prefix
+    from recaption.captioners.clip_prefix import ClipPrefixConfig
     from recaption.captioners.train_prefix import CaptionerTrainConfig, train_captioner
     from recaption.clip.train import ClipTrainConfig, train_clip
-    from recaption.eval.audit import audit, audit_table
+    from recaption.eval.audit import audit_table
     from recaption.world.dataset import generate_records
 
     os.makedirs(args.out, exist_ok=True)
@@ -137,15 +156,7 @@ def main() -> None:
     console = Console()
     for stage, mode in (("alt", "short"), ("alt", "descriptive"), ("short", "short"),
                         ("descriptive", "descriptive")):
-        cap = load_clip_prefix(f"{args.out}/{stage}", device=args.device)
-        cap.decode = type(cap.decode)(batch_size=args.batch_size)
-        t = time.time()
-        caps = cap.caption(images, mode)
-        secs = time.time() - t
-        report = audit(held, {r.key: c for r, c in zip(held, caps, strict=True)}, mode=mode)
-        per = report.pop("per_caption")
-        report["images_per_second"] = round(len(images) / secs, 2)
-        report["examples"] = [p["caption"] for p in per[:3]]
+        report = caption_and_audit(f"{args.out}/{stage}", held, images, mode, args.batch_size, args.device)
         res[f"audit_{stage}_{mode}"] = report
         console.print(audit_table(report, title=f"stage {stage}, mode {mode}: {report['images_per_second']} img/s"))
         for c in report["examples"]:

@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--finetune-size", default="0.05")
     ap.add_argument("--vision-lr-scale", type=float, default=1.0)
     ap.add_argument("--train-option", action="append", default=[], metavar="NAME=VALUE",
-                    help="any other CaptionerTrainConfig field (a JSON value), e.g. word_weight=3")
+                    help="any other CaptionerTrainConfig field (a JSON value), e.g. bow_weight=1.0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64, help="captioning batch")
     args = ap.parse_args()
@@ -41,11 +41,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_captioner import caption_and_audit
     from probe_captioner import probe_lm
 
-    from recaption.captioners.clip_prefix import load_clip_prefix
     from recaption.captioners.train_prefix import CaptionerTrainConfig, train_captioner
-    from recaption.eval.audit import audit
     from recaption.world.dataset import generate_records
 
     extra = {}
@@ -64,15 +63,7 @@ def main() -> None:
     t = time.time()
     res["train"] = train_captioner(train, args.out, cfg, init=args.init, device="cpu", resume=False)
     res["train"]["wall_seconds"] = round(time.time() - t, 1)
-    cap = load_clip_prefix(args.out)
-    cap.decode = type(cap.decode)(batch_size=args.batch_size)
-    t = time.time()
-    caps = cap.caption([r.pil() for r in held], args.stage)
-    secs = time.time() - t
-    report = audit(held, {r.key: c for r, c in zip(held, caps, strict=True)}, mode=args.stage)
-    per = report.pop("per_caption")
-    report["images_per_second"] = round(len(held) / secs, 2)
-    report["examples"] = [p["caption"] for p in per[:3]]
+    report = caption_and_audit(args.out, held, [r.pil() for r in held], args.stage, args.batch_size)
     res["audit"] = report
     if args.stage == "descriptive":
         res["fill_probe_heldout"] = {k: v for k, v in probe_lm(args.out, "fill", 400, "heldout").items()
