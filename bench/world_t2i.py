@@ -107,7 +107,7 @@ def evaluate(model: Path, P: dict, device, out: Path, quick: bool) -> dict:
     return res
 
 
-def vae_exact_rate(vae_dir: Path, n_train: int, n_heldout: int, device) -> dict:
+def vae_exact_rate(vae_dir: Path, n_train: int, n_heldout: int, device, out: Path) -> dict:
     """Oracle exact-scene rate on reconstructions of held-out world scenes (and on the originals)."""
     from diffusers import AutoencoderKL
 
@@ -121,7 +121,7 @@ def vae_exact_rate(vae_dir: Path, n_train: int, n_heldout: int, device) -> dict:
     recon = reconstruct(vae, [r.image for r in recs], 64)
     exact = [parse(img).same_as(record_scene(r)) for img, r in zip(recon, recs, strict=True)]
     control = [parse(r.pil()).same_as(record_scene(r)) for r in recs]
-    recon[0].save(vae_dir / "recon_example.png")
+    recon[0].save(out / "vae_recon_example.png")
     return {"vae_exact_scene_rate": sum(exact) / len(exact), "oracle_on_originals": sum(control) / len(control),
             "heldout_scenes": len(recs)}
 
@@ -156,6 +156,9 @@ def main() -> None:
     ap.add_argument("--vae-batch", type=int, default=0, help="override the preset's VAE batch size")
     ap.add_argument("--lr", type=float, default=0, help="override the preset's U-Net learning rate")
     ap.add_argument("--vae-init", default="", help="continue this saved VAE instead of starting one from scratch")
+    ap.add_argument("--init-model", default="",
+                    help="continue a saved t2i model (an earlier run's exported t2i/ folder): its VAE as it is (not "
+                         "trained), its text encoder frozen, its U-Net trained on")
     ap.add_argument("--vae-lr", type=float, default=0, help="override the preset's VAE learning rate")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/data and OUT/vae when present")
     ap.add_argument("--eval-model", default="",
@@ -183,6 +186,7 @@ def main() -> None:
     res: dict = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
                  "preset": "quick" if args.quick else args.preset, **{k: v for k, v in P.items()},
                  "text_mode": args.text_mode, "latent_channels": args.latent_channels, "vae_init": args.vae_init,
+                 "init_model": args.init_model,
                  "timings_s": {}}
     T = res["timings_s"]
     t0 = time.time()
@@ -219,18 +223,22 @@ def main() -> None:
     from recaption.t2i.vae import train_vae
 
     t = time.time()
-    vae_dir = out / "vae"
-    if not (args.reuse and (vae_dir / "config.json").exists()):
+    vae_dir = Path(args.init_model) / "vae" if args.init_model else out / "vae"
+    if args.init_model:
+        T["vae_train"] = 0.0
+        res["vae_steps_done"], res["vae_final_loss"] = None, None
+    elif not (args.reuse and (vae_dir / "config.json").exists()):
         vcfg = dataclasses.replace(VAE_SIZES[P["vae"]], latent_channels=args.latent_channels)
         train_vae(VAETrainConfig(data=str(data), out=str(vae_dir), vae=vcfg, steps=P["vae_steps"],
                                  batch_size=P["vae_batch"], lr=P["vae_lr"], mixed_precision=mp,
                                  log_every=max(1, min(200, P["vae_steps"] // 20)), max_minutes=P["vae_minutes"],
                                  init=args.vae_init),
                   device=device)
-    T["vae_train"] = round(time.time() - t, 1)
-    res["vae_steps_done"], res["vae_final_loss"] = last_logged(vae_dir)
+    if not args.init_model:
+        T["vae_train"] = round(time.time() - t, 1)
+        res["vae_steps_done"], res["vae_final_loss"] = last_logged(vae_dir)
     t = time.time()
-    res.update(vae_exact_rate(vae_dir, P["n_train"], P["n_heldout"], device))
+    res.update(vae_exact_rate(vae_dir, P["n_train"], P["n_heldout"], device, out))
     T["vae_eval"] = round(time.time() - t, 1)
     log.info("VAE: exact-scene rate on held-out reconstructions %.3f", res["vae_exact_scene_rate"])
     dump()
@@ -244,8 +252,10 @@ def main() -> None:
     t = time.time()
     steps = P["unet_steps"]
     cfg = T2ITrainConfig(data=str(data), out=str(out / "t2i"), blend="descriptive=0.95,alt=0.05", cfg_dropout=0.1,
-                         captions_from_truth=True, vae=str(vae_dir), text_encoder="t5-world",
-                         text_mode=args.text_mode, text_pretrain_steps=P["text_steps"], unet=P["unet"],
+                         captions_from_truth=True, vae=str(vae_dir),
+                         text_encoder=args.init_model or "t5-world",  # a saved one is loaded frozen
+                         text_mode=args.text_mode, text_pretrain_steps=P["text_steps"],
+                         unet=args.init_model or P["unet"],
                          diffusion=DiffusionConfig(prediction_type="v_prediction"), steps=steps,
                          batch_size=P["unet_batch"], lr=P["lr"], warmup_steps=min(200, steps // 10 + 1),
                          ema_decay=0.999, mixed_precision=mp, seed=0, log_every=max(1, min(200, steps // 30)),
