@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--clip-hard-negatives", default="", help="'world' or a word-groups JSON: NegCLIP negatives")
     ap.add_argument("--prefix-pool", type=int, default=1,
                     help="average-pool the image token grid by this factor (2: 8x8 -> 4x4, a shorter LM sequence)")
+    ap.add_argument("--prefix-grid", type=int, default=0,
+                    help="pool the image token map to a G x G grid instead (3: the world's 3x3 cells; 0: off)")
     ap.add_argument("--vision-lr-scale", type=float, default=0.5,
                     help="the tuned vision tower's LR relative to the LM's (with --finetune-vision)")
     ap.add_argument("--recon-weight", default="0,0,0",
@@ -129,6 +131,7 @@ def main() -> None:
     res["clip"]["wall_seconds"] = round(time.time() - t, 1)
     dump()
     model_cfg = ClipPrefixConfig(finetune_vision=args.finetune_vision, prefix_pool=args.prefix_pool,
+                                 prefix_grid=args.prefix_grid,
                                  lm_width=args.lm_width, lm_layers=args.lm_layers, lm_heads=args.lm_heads)
 
     from recaption.captioners.train_prefix import finetune_texts

@@ -403,3 +403,40 @@ def test_bow_loss_trains_records_its_head_and_resumes_exactly(tmp_path, records,
     z = load_file(str(tmp_path / "no_bow" / "model.safetensors"))
     assert x.keys() == z.keys()  # the head is not saved with the captioner
     assert any(not torch.allclose(x[k], z[k], atol=1e-6) for k in x)  # the loss changed the training
+
+
+def test_prefix_grid_pools_the_token_map_to_a_fixed_grid(clip_dir, records):
+    from recaption.captioners.clip_prefix import n_image_tokens, vision_tokens
+    from recaption.clip import load_clip
+    from recaption.clip.data import load_pixels
+
+    enc = load_clip(clip_dir)
+    px = load_pixels(records[:3], 64)
+    full = vision_tokens(enc, px, ClipPrefixConfig(**TINY_PREFIX))  # class/mean token + the s x s map
+    s = int(round((full.shape[1] - 1) ** 0.5))
+    for g in (1, 3, s):
+        cfg = ClipPrefixConfig(**{**TINY_PREFIX, "prefix_grid": g})
+        h = vision_tokens(enc, px, cfg)
+        assert h.shape[1] == 1 + g * g == n_image_tokens(cfg, enc)
+        fmap = full[:, 1:].transpose(1, 2).reshape(3, -1, s, s)
+        want = torch.nn.functional.adaptive_avg_pool2d(fmap, g).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(h[:, 1:], want)  # region means of the same map, in row-major order
+        torch.testing.assert_close(h[:, :1], full[:, :1])
+    # the grid of 1 is the mean of the map
+    one = vision_tokens(enc, px, ClipPrefixConfig(**{**TINY_PREFIX, "prefix_grid": 1}))
+    torch.testing.assert_close(one[:, 1], full[:, 1:].mean(1))
+    with pytest.raises(ValueError, match="finer than"):
+        vision_tokens(enc, px, ClipPrefixConfig(**{**TINY_PREFIX, "prefix_grid": s + 1}))
+    with pytest.raises(ValueError, match="not both"):
+        ClipPrefixConfig(prefix_grid=3, prefix_pool=2)
+    with pytest.raises(ValueError, match="prefix_grid must be"):
+        ClipPrefixConfig(prefix_grid=-1)
+
+
+def test_prefix_grid_captioner_trains_and_reloads(tmp_path, records, clip_dir):
+    cfg = ClipPrefixConfig(**{**TINY_PREFIX, "prefix_grid": 3, "prefix_len": 0})  # every grid token is a prefix
+    train_captioner(records, str(tmp_path), CaptionerTrainConfig(stage="alt", steps=2, batch_size=8, warmup=1),
+                    clip=clip_dir, model_cfg=cfg)
+    cap = load_clip_prefix(str(tmp_path))
+    assert cap.cfg.prefix_grid == 3 and cap.model.pos.shape[1] == 10  # mean token + 3 x 3
+    assert len(cap.caption([r.pil() for r in records[:2]], "short")) == 2

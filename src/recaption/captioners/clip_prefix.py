@@ -12,8 +12,11 @@ positions, counts or fills, so it keeps little of them; the patch tokens still c
 state. LLaVA takes the penultimate layer for the same reason (``clip_layer=-2``, a ViT's default): the last
 layer is the most specialised to the contrastive objective. A ResNet tower (``recaption.clip.conv``) gives
 its last stage's feature map instead (default -1: 8x8 positions at 64 px, its spatial mean first). ``prefix_pool`` averages k x k patches to cut
-the prefix length when the LM's cost matters more than fine detail; ``prefix="pooled"`` gives ClipCap's
-original single-vector variant for comparison.
+the prefix length when the LM's cost matters more than fine detail; ``prefix_grid`` instead pools the map to a
+fixed g x g grid of tokens (adaptive average pooling, as LLaVA-style pooled projectors do), whatever the tower's
+resolution: with g equal to the layout of the images (the shapes world places things on a 3x3 grid of cells)
+each token is one region a caption speaks of; ``prefix="pooled"`` gives ClipCap's original single-vector variant
+for comparison.
 
 One checkpoint is trained for one stage (``alt``, ``short`` or ``descriptive``), as the paper fine-tunes
 separate captioners for SSC and DSC: a small fine-tune set teaches a style best when it is the only style
@@ -72,6 +75,7 @@ class ClipPrefixConfig:
     prefix: str = "patch"  # "patch" (class + patch tokens) or "pooled" (the projected image embedding)
     clip_layer: int | None = None  # None: the tower's default (a ViT's penultimate layer, a ResNet's last stage)
     prefix_pool: int = 1
+    prefix_grid: int = 0  # > 0: pool the token map to this many tokens a side (instead of prefix_pool)
     prefix_len: int = 0  # 0 = every image token is a prefix token; K > 0 = a resampler of K learned queries
     mapper_layers: int = 1
     lm_width: int = 256
@@ -87,6 +91,11 @@ class ClipPrefixConfig:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.prefix not in ("patch", "pooled"):
             raise ValueError(f"prefix must be 'patch' or 'pooled', got {self.prefix!r}")
+        if self.prefix_grid < 0 or self.prefix_pool < 1:
+            raise ValueError(f"prefix_grid must be >= 0 and prefix_pool >= 1, got {self.prefix_grid} and "
+                             f"{self.prefix_pool}")
+        if self.prefix_grid and self.prefix_pool > 1:
+            raise ValueError("give prefix_grid or prefix_pool, not both")
 
 
 @dataclass(frozen=True)
@@ -227,9 +236,12 @@ def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, with_grid: b
     B, N, D = grid.shape
     s = int(round(N ** 0.5))
     fmap = grid.transpose(1, 2).reshape(B, D, s, s)
-    if cfg.prefix_pool > 1:
-        pooled = torch.nn.functional.avg_pool2d(fmap, cfg.prefix_pool).flatten(2).transpose(1, 2)
-        h = torch.cat([cls, pooled], dim=1)
+    if cfg.prefix_grid and cfg.prefix_grid > s:
+        raise ValueError(f"prefix_grid {cfg.prefix_grid} is finer than the tower's {s}x{s} token map")
+    if cfg.prefix_grid or cfg.prefix_pool > 1:
+        f = torch.nn.functional
+        pooled = f.adaptive_avg_pool2d(fmap, cfg.prefix_grid) if cfg.prefix_grid else f.avg_pool2d(fmap, cfg.prefix_pool)
+        h = torch.cat([cls, pooled.flatten(2).transpose(1, 2)], dim=1)
     return (h, fmap) if with_grid else h
 
 

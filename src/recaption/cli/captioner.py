@@ -101,6 +101,9 @@ def captioner_train(
         prefix_pool: int = typer.Option(1, "--prefix-pool",
                                         help="Stage 1: average-pool the image token grid by this factor "
                                              "(2: 8x8 -> 4x4 tokens, a shorter, cheaper LM sequence)."),
+        prefix_grid: int = typer.Option(0, "--prefix-grid",
+                                        help="Stage 1: pool the image token map to a G x G grid instead "
+                                             "(3 matches the shapes world's 3x3 layout; 0: off)."),
         tokenizer_texts: list[str] = typer.Option(
             None, "--tokenizer-texts",
             help="Stage 1: more texts for the new tokenizer (repeatable): 'short' or 'descriptive' (in the world, "
@@ -129,7 +132,7 @@ def captioner_train(
     cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
                                finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
                                vision_lr_scale=vision_lr_scale, recon_weight=recon_weight, bow_weight=bow_weight)
-    model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool,
+    model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool, prefix_grid=prefix_grid,
                                  lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads)
     from recaption.captioners.train_prefix import finetune_texts, read_pairs
 
