@@ -440,3 +440,76 @@ def test_prefix_grid_captioner_trains_and_reloads(tmp_path, records, clip_dir):
     cap = load_clip_prefix(str(tmp_path))
     assert cap.cfg.prefix_grid == 3 and cap.model.pos.shape[1] == 10  # mean token + 3 x 3
     assert len(cap.caption([r.pil() for r in records[:2]], "short")) == 2
+
+
+def test_mirror_caption_swaps_direction_words_and_skips_quoted_text():
+    from recaption.captioners.train_prefix import mirror_caption, swap_pairs
+
+    p = swap_pairs("left:right")
+    assert mirror_caption("At the upper left a dot; Right of it, LEFT. The leftmost is bright.", p) == \
+        "At the upper right a dot; Left of it, RIGHT. The leftmost is bright."
+    assert mirror_caption('A sign that says "LEFT" on the left.', p) is None  # written text: never mirrored
+    assert mirror_caption("left", swap_pairs("")) == "left"
+    assert swap_pairs(" left:right , east:West ") == [("left", "right"), ("east", "west")]
+    for bad in ("left", "left:left", "left:ri ght", "a:b:c"):
+        with pytest.raises(ValueError, match="hflip_swap"):
+            swap_pairs(bad)
+    with pytest.raises(ValueError, match="hflip"):
+        CaptionerTrainConfig(hflip=1.5)
+    with pytest.raises(ValueError, match="hflip_swap"):
+        CaptionerTrainConfig(hflip_swap="left")
+
+
+def test_hflip_mirrors_image_and_caption_together_and_resumes_exactly(tmp_path, records, alt_dir, monkeypatch):
+    import recaption.captioners.clip_prefix as cp
+    from recaption.captioners.train_prefix import mirror_caption, swap_pairs, tokenize_captions
+    from recaption.clip.data import load_pixels
+
+    seen = []
+    real_tokens, real_loss = cp.vision_tokens, cp.ClipPrefixModel.loss
+
+    def tokens(enc, px, cfg, with_grid=False):
+        seen.append([px.clone()])
+        return real_tokens(enc, px, cfg, with_grid)
+
+    def loss(self, x, ids, lengths, return_prefix=False):
+        if self.training:
+            seen[-1] += [ids.clone(), lengths.clone()]
+        return real_loss(self, x, ids, lengths, return_prefix)
+
+    monkeypatch.setattr(cp, "vision_tokens", tokens)
+    monkeypatch.setattr(cp.ClipPrefixModel, "loss", loss)
+
+    def run(out, steps=6, **kw):
+        return train_captioner(records, str(out), CaptionerTrainConfig(
+            stage="descriptive", steps=steps, batch_size=8, warmup=1, finetune_size="10", save_every=3, hflip=0.5,
+            **kw), init=alt_dir)
+
+    run(tmp_path / "flip")
+    monkeypatch.setattr(cp, "vision_tokens", real_tokens)
+    monkeypatch.setattr(cp.ClipPrefixModel, "loss", real_loss)
+    chosen, texts = select_examples(records, "descriptive", "10")
+    assert [r.key for r in chosen] == json.load(open(tmp_path / "flip" / "finetune_keys.json"))
+    tok = load_clip_prefix(alt_dir).tokenizer
+    px = load_pixels(chosen, 64)
+    mirrored = [mirror_caption(t, swap_pairs("left:right")) for t in texts]
+    plain_ids, plain_len = tokenize_captions(tok, texts, 160)
+    m_ids, m_len = tokenize_captions(tok, [m or t for m, t in zip(mirrored, texts, strict=True)], 160)
+    flips = plain = changed = 0
+    for batch_px, ids, lengths in (s for s in seen if len(s) == 3):
+        for p, row, n in zip(batch_px, ids, lengths, strict=True):
+            j = next(i for i in range(len(chosen)) if torch.equal(p, px[i]) or torch.equal(p, px[i].flip(-1)))
+            if torch.equal(p, px[j]) and not torch.equal(p, px[j].flip(-1)):
+                assert n == plain_len[j] and torch.equal(row[:n], plain_ids[j, :n])
+                plain += 1
+            elif not torch.equal(p, px[j]):  # the mirrored image comes with the mirrored caption
+                assert mirrored[j] is not None
+                assert n == m_len[j] and torch.equal(row[:n], m_ids[j, :n])
+                flips += 1
+                changed += mirrored[j] != texts[j]
+    assert flips > 5 and plain > 5 and changed > 0, (flips, plain, changed)
+    # drawn from the run's generator: a killed and resumed run mirrors the same examples
+    killed_at_step_5(monkeypatch, lambda: run(tmp_path / "resumed"))
+    assert run(tmp_path / "resumed")["resumed_from"] == 3
+    a, b = (load_clip_prefix(str(tmp_path / d)).model.state_dict() for d in ("flip", "resumed"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -17,6 +17,9 @@ through the LM's (frozen) word embeddings, to predict which words the caption us
 each word; multiple-instance, so no word is tied to a place). It hands the caption's attribute words straight to
 the tower and mapper, one short path instead of through the whole LM, in a form the LM can copy. Measured in the
 world at weight 1 it did the opposite (fill recall 0.21 -> 0.11; bench/RESULTS.md, "Hard negatives ..."): off by default.
+``hflip`` draws each example mirrored left to right with that probability, its caption's direction words
+swapped (``hflip_swap``, "left:right"), so a small fine-tune set shows each scene both ways; captions with a
+quotation mark (text in the image, which a mirror garbles) are never mirrored.
 Checkpoints hold their config (inside and beside) and a ``train_state.pt`` (optimizer, step, RNG, the
 reconstruction head): a run restarted with the same arguments resumes where it stopped.
 """
@@ -80,11 +83,47 @@ class CaptionerTrainConfig:
     recon_batch: int = 16  # images of each batch the reconstruction head decodes (its cost grows with them)
     bow_weight: float = 0.0  # > 0: weight of the bag-of-words loss on the prefix (see the module docstring)
     bow_max_df: float = 0.5  # words in more than this share of the stage's captions are not bag-of-words targets
+    hflip: float = 0.0  # > 0: chance of drawing an example mirrored, its caption's direction words swapped
+    hflip_swap: str = "left:right"  # word pairs a mirror swaps, comma-separated (case kept)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"hflip must be a probability in [0, 1], got {self.hflip}")
+        swap_pairs(self.hflip_swap)  # fails early on a malformed list
 
     def resolved(self) -> CaptionerTrainConfig:
         return dataclasses.replace(self, steps=self.steps or DEFAULT_STEPS[self.stage],
                                    lr=self.lr or DEFAULT_LR[self.stage],
                                    batch_size=self.batch_size or DEFAULT_BATCH[self.stage])
+
+
+def swap_pairs(spec: str) -> list[tuple[str, str]]:
+    """``"left:right,east:west"`` -> [("left", "right"), ("east", "west")]; refuses a malformed list."""
+    pairs = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        a, sep, b = item.partition(":")
+        if not sep or not a.strip().isalpha() or not b.strip().isalpha() or a.strip().lower() == b.strip().lower():
+            raise ValueError(f"hflip_swap: {item!r} is not a pair of two different words 'a:b' (in {spec!r})")
+        pairs.append((a.strip().lower(), b.strip().lower()))
+    return pairs
+
+
+def mirror_caption(text: str, pairs: list[tuple[str, str]]) -> str | None:
+    """The caption of the mirrored image (each pair's words swapped as whole words, case kept), or None when it
+    quotes text (a mirror garbles written text, so such an example is never mirrored)."""
+    import re
+
+    if any(q in text for q in "\"\u201c\u201d"):
+        return None
+    table = {a: b for a, b in pairs} | {b: a for a, b in pairs}
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, table)) + r")\b", re.IGNORECASE) if table else None
+
+    def repl(m: re.Match) -> str:
+        w = m.group(0)
+        out = table[w.lower()]
+        return out.upper() if w.isupper() and len(w) > 1 else out.capitalize() if w[0].isupper() else out
+
+    return pattern.sub(repl, text) if pattern else text
 
 
 def read_pairs(path: str) -> dict[str, str]:
@@ -351,6 +390,19 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
     # frozen CLIP: features once; tuned CLIP: pixels each step
     data_x = pixels if tune else clip_features(cap.clip, pixels, cap.cfg).half()  # (N, P, Dv)
     ids, lengths = tokenize_captions(cap.tokenizer, texts, cap.cfg.max_caption_tokens)
+    mirror = None  # (mirrorable (N,) bool, mirrored inputs, their ids, their lengths)
+    if cfg.hflip > 0:
+        mtexts = [mirror_caption(t, swap_pairs(cfg.hflip_swap)) for t in texts]
+        ok = torch.tensor([m is not None for m in mtexts])
+        m_ids, m_len = tokenize_captions(cap.tokenizer, [m if m is not None else t for m, t in zip(mtexts, texts,
+                                                                                                strict=True)],
+                                         cap.cfg.max_caption_tokens)
+        width, tk = max(ids.shape[1], m_ids.shape[1]), cap.tokenizer  # one width, padded as tokenize_captions
+        pad = tk.pad_token_id if tk.pad_token_id is not None else tk.eos_token_id
+        ids, m_ids = (torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t in (ids, m_ids))
+        m_x = pixels.flip(-1) if tune else clip_features(cap.clip, pixels.flip(-1), cap.cfg).half()
+        mirror = (ok, m_x, m_ids, m_len)
+        log.info("hflip %.2f: %d of %d examples can be mirrored", cfg.hflip, int(ok.sum()), len(texts))
     prep_s = time.time() - t0
     del chosen, pixels
 
@@ -413,18 +465,24 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg, spent) * g["lr_scale"]
         b = torch.randint(len(keys), (min(cfg.batch_size, len(keys)),), generator=gen)
-        L = int(lengths[b].max())
+        bx, b_ids, b_len = data_x[b], ids[b], lengths[b]
+        if mirror is not None:  # drawn from the same generator, so a resumed run mirrors the same examples
+            flip = (torch.rand(len(b), generator=gen) < cfg.hflip) & mirror[0][b]
+            bx = torch.where(flip.view(-1, *[1] * (bx.dim() - 1)), mirror[1][b], bx)
+            b_ids = torch.where(flip[:, None], mirror[2][b], b_ids)
+            b_len = torch.where(flip, mirror[3][b], b_len)
+        L = int(b_len.max())
         if head is not None:  # the tower's map feeds the LM and, for the first recon_batch images, the head
-            x, fmap = vision_tokens(cap.clip, data_x[b], cap.cfg, with_grid=True)
+            x, fmap = vision_tokens(cap.clip, bx, cap.cfg, with_grid=True)
             k = min(cfg.recon_batch, len(b))
-            rec_loss = recon_loss(head(fmap[:k].float()), data_x[b[:k]])
+            rec_loss = recon_loss(head(fmap[:k].float()), bx[:k])
             rec_losses.append(rec_loss.detach())
         else:
-            x = vision_tokens(cap.clip, data_x[b], cap.cfg) if tune else data_x[b].to(device)
-        loss, pre = model.loss(x, ids[b, :L].to(device), lengths[b].to(device), return_prefix=True)
+            x = vision_tokens(cap.clip, bx, cap.cfg) if tune else bx.to(device)
+        loss, pre = model.loss(x, b_ids[:, :L].to(device), b_len.to(device), return_prefix=True)
         total = loss + cfg.recon_weight * rec_loss if head is not None else loss
         if bow is not None:
-            bow_loss = bow.loss(pre, model.lm.get_input_embeddings().weight, ids[b, :L], lengths[b])
+            bow_loss = bow.loss(pre, model.lm.get_input_embeddings().weight, b_ids[:, :L], b_len)
             bow_losses.append(bow_loss.detach())
             total = total + cfg.bow_weight * bow_loss
         opt.zero_grad(set_to_none=True)
