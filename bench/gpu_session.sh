@@ -24,7 +24,8 @@
 #   (TEXT_MODE=joint: in the world a text encoder trained with the U-Net serves better; bench/RESULTS.md)
 #   UNET_INIT=DIR continues, in job A, the U-Net of a model brought back by an earlier call (t2i_model.tgz.part-*,
 #   unpacked; carry DIR too): its VAE is used as it is and its text encoder frozen, so VAE_MIN is unused:
-#   JOBS=A UNET_INIT=bench_out/gpu3/t2i_A bash bench/gpu_session.sh 565 0 7.3
+#   JOBS=A UNET_INIT=bench_out/gpu5/t2i_A bash bench/gpu_session.sh 565 0 7.3
+#   (SEED=N fixes the continuation's seed; by default it is the clock's, so each call draws new batches)
 #   UNET_BATCH=N overrides world_t2i's U-Net batch (1024 in its full preset: a GPU step is launch-bound);
 #   VAE_LR=X the VAE's peak lr (7e-4 in the full preset; 5e-4 when continuing VAE_INIT).
 # Smoke test of the plumbing on a CPU: QUICK=1 OUT=/tmp/gpu_smoke bash bench/gpu_session.sh 400
@@ -50,7 +51,8 @@ fi
 PIDS=""
 INIT=""; [ -n "$VAE_INIT" ] && INIT="--vae-init $VAE_INIT --vae-lr ${VAE_LR:-5e-4}"
 [ -z "$VAE_INIT" ] && [ -n "${VAE_LR:-}" ] && INIT="--vae-lr $VAE_LR"  # a from-scratch VAE at another peak lr
-[ -n "${UNET_INIT:-}" ] && INIT="--init-model $UNET_INIT"  # continue a brought-back model's U-Net (VAE kept as is)
+# continue a brought-back model's U-Net (VAE kept as is), with a new seed so that its batches are new ones
+[ -n "${UNET_INIT:-}" ] && INIT="--init-model $UNET_INIT --seed ${SEED:-$(date +%s)}"
 case " $JOBS " in *" A "*)
 OMP_NUM_THREADS=5 python3 bench/world_t2i.py $WQ --out /tmp/wA --latent-channels "$LATENT_A" --vae-minutes "$VAE_MIN" \
   --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" $INIT ${UNET_BATCH:+--unet-batch $UNET_BATCH} --results "$R/t2i_A.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_A.log" &

@@ -161,6 +161,9 @@ def main() -> None:
                          "trained), its text encoder frozen, its U-Net trained on")
     ap.add_argument("--vae-lr", type=float, default=0, help="override the preset's VAE learning rate")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/data and OUT/vae when present")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the U-Net run's seed (batch order, blend draws, noise); give a continuation (--init-model) "
+                         "a new one, or it replays the first run's batches in the same order")
     ap.add_argument("--eval-model", default="",
                     help="only the colour-prompt evaluation of this saved t2i model (e.g. one a GPU run brought back)")
     ap.add_argument("--results", default="", help="also write results.json here after every stage")
@@ -186,7 +189,7 @@ def main() -> None:
     res: dict = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
                  "preset": "quick" if args.quick else args.preset, **{k: v for k, v in P.items()},
                  "text_mode": args.text_mode, "latent_channels": args.latent_channels, "vae_init": args.vae_init,
-                 "init_model": args.init_model,
+                 "init_model": args.init_model, "seed": args.seed,
                  "timings_s": {}}
     T = res["timings_s"]
     t0 = time.time()
@@ -258,7 +261,7 @@ def main() -> None:
                          unet=args.init_model or P["unet"],
                          diffusion=DiffusionConfig(prediction_type="v_prediction"), steps=steps,
                          batch_size=P["unet_batch"], lr=P["lr"], warmup_steps=min(200, steps // 10 + 1),
-                         ema_decay=0.999, mixed_precision=mp, seed=0, log_every=max(1, min(200, steps // 30)),
+                         ema_decay=0.999, mixed_precision=mp, seed=args.seed, log_every=max(1, min(200, steps // 30)),
                          checkpoint_every=max(1, min(2000, steps // 2)), sample_every=max(1, min(1000, steps // 4)),
                          max_minutes=P["unet_minutes"],
                          sample_prompts=("a red circle", "a blue square", "a yellow star", "a green hexagon"),
