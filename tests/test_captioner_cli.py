@@ -74,6 +74,13 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "--init" in capsys.readouterr().err
     assert run(["caption", "--captioner", str(tmp_path / "none"), "--mode", "short", "--input", str(tmp_path),
                 "--out", str(tmp_path / "c.jsonl")]) == 2
+    base = ["captioner", "train", "--stage", "alt", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert run(base + ["--hflip", "2"]) == 2
+    assert "hflip must be a probability" in capsys.readouterr().err
+    assert run(base + ["--hflip", "0.5", "--hflip-swap", "left"]) == 2
+    assert "hflip_swap" in capsys.readouterr().err
+    assert run(base + ["--prefix-grid", "3", "--prefix-pool", "2"]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -87,9 +94,9 @@ def test_resnet_clip_and_stage_one_options_reach_the_checkpoint(tmp_path):
     assert run(["captioner", "train", "--stage", "alt", "--data", str(data), "--out", str(tmp_path / "alt"),
                 "--clip", str(tmp_path / "clip"), "--steps", "2", "--batch-size", "4", "--finetune-vision",
                 "--prefix-pool", "2", "--vision-lr-scale", "0.25", "--lm-width", "64", "--lm-layers", "3",
-                "--lm-heads", "2", "--tokenizer-texts", "descriptive", "--finetune-size", "4"]) == 0
+                "--lm-heads", "2", "--tokenizer-texts", "descriptive", "--finetune-size", "4", "--hflip", "0.5"]) == 0
     saved = json.load(open(tmp_path / "alt" / "captioner.json"))
-    assert saved["train"]["vision_lr_scale"] == 0.25
+    assert saved["train"]["vision_lr_scale"] == 0.25 and saved["train"]["hflip"] == 0.5
     cap = load_clip_prefix(str(tmp_path / "alt"))
     assert cap.cfg.prefix_pool == 2 and cap.cfg.finetune_vision
     lm = cap.model.lm.config

@@ -120,6 +120,12 @@ def captioner_train(
             0.0, "--bow-weight",
             help="Weight of a bag-of-words loss: the image prefix, read through the LM's word embeddings, "
                  "predicts the words of its caption (0: off)."),
+        hflip: float = typer.Option(
+            0.0, "--hflip",
+            help="Chance of drawing an example mirrored left to right, its caption's direction words swapped "
+                 "(--hflip-swap); captions that quote text are never mirrored (0: off)."),
+        hflip_swap: str = typer.Option("left:right", "--hflip-swap",
+                                       help="Word pairs a mirror swaps, comma-separated ('left:right')."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
         max_minutes: float = typer.Option(0.0, "--max-minutes",
                                           help="Time box for this run: stop and save after this many minutes "
@@ -131,7 +137,8 @@ def captioner_train(
 
     cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
                                finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
-                               vision_lr_scale=vision_lr_scale, recon_weight=recon_weight, bow_weight=bow_weight)
+                               vision_lr_scale=vision_lr_scale, recon_weight=recon_weight, bow_weight=bow_weight,
+                               hflip=hflip, hflip_swap=hflip_swap)
     model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool, prefix_grid=prefix_grid,
                                  lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads)
     from recaption.captioners.train_prefix import finetune_texts, read_pairs
