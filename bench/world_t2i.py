@@ -184,6 +184,8 @@ def main() -> None:
                     help="rewrite every prompt of the colour evaluation with this upsampler (e.g. a world upsampler folder "
                          "from `recaption upsample train`) before generating; judged against the original prompt")
     args = ap.parse_args()
+    if args.init_model and args.vae_init:
+        ap.error("--init-model keeps its model's VAE as it is; --vae-init continues training one: give one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     P = dict(QUICK if args.quick else CPU if args.preset == "cpu" else FULL)
     for k in ("unet_steps", "vae_steps", "n_train", "vae_minutes", "unet_minutes", "text_steps", "vae_lr",
