@@ -244,18 +244,18 @@ def main() -> None:
     from recaption.t2i.vae import train_vae
 
     t = time.time()
-    vae_dir = Path(args.init_model) / "vae" if args.init_model else out / "vae"
-    if args.init_model:
-        T["vae_train"] = 0.0
-        res["vae_steps_done"], res["vae_final_loss"] = None, None
-    elif not (args.reuse and (vae_dir / "config.json").exists()):
-        vcfg = dataclasses.replace(VAE_SIZES[P["vae"]], latent_channels=args.latent_channels)
-        train_vae(VAETrainConfig(data=str(data), out=str(vae_dir), vae=vcfg, steps=P["vae_steps"],
-                                 batch_size=P["vae_batch"], lr=P["vae_lr"], mixed_precision=mp,
-                                 log_every=max(1, min(200, P["vae_steps"] // 20)), max_minutes=P["vae_minutes"],
-                                 init=args.vae_init),
-                  device=device)
-    if not args.init_model:
+    if args.init_model:  # its VAE as it is, not trained
+        vae_dir = Path(args.init_model) / "vae"
+        T["vae_train"], res["vae_steps_done"], res["vae_final_loss"] = 0.0, None, None
+    else:
+        vae_dir = out / "vae"
+        if not (args.reuse and (vae_dir / "config.json").exists()):
+            vcfg = dataclasses.replace(VAE_SIZES[P["vae"]], latent_channels=args.latent_channels)
+            train_vae(VAETrainConfig(data=str(data), out=str(vae_dir), vae=vcfg, steps=P["vae_steps"],
+                                     batch_size=P["vae_batch"], lr=P["vae_lr"], mixed_precision=mp,
+                                     log_every=max(1, min(200, P["vae_steps"] // 20)), max_minutes=P["vae_minutes"],
+                                     init=args.vae_init),
+                      device=device)
         T["vae_train"] = round(time.time() - t, 1)
         res["vae_steps_done"], res["vae_final_loss"] = last_logged(vae_dir)
     t = time.time()

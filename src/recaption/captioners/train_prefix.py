@@ -396,20 +396,21 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
     pixels = load_pixels(chosen, size)  # (N, 3, S, S) uint8
     # frozen CLIP: features once; tuned CLIP: pixels each step
     data_x = pixels if tune else clip_features(cap.clip, pixels, cap.cfg).half()  # (N, P, Dv)
-    ids, lengths = tokenize_captions(cap.tokenizer, texts, cap.cfg.max_caption_tokens)
     mirror = None  # (mirrorable (N,) bool, mirrored inputs, their ids, their lengths)
     if cfg.hflip > 0:
-        mtexts = [mirror_caption(t, swap_pairs(cfg.hflip_swap)) for t in texts]
+        swaps = swap_pairs(cfg.hflip_swap)
+        mtexts = [mirror_caption(t, swaps) for t in texts]
         ok = torch.tensor([m is not None for m in mtexts])
-        m_ids, m_len = tokenize_captions(cap.tokenizer, [m if m is not None else t for m, t in zip(mtexts, texts,
-                                                                                                strict=True)],
+        # one call for both, so that plain and mirrored ids share a width
+        ids, lengths = tokenize_captions(cap.tokenizer, texts + [m or t for m, t in zip(mtexts, texts, strict=True)],
                                          cap.cfg.max_caption_tokens)
-        width, tk = max(ids.shape[1], m_ids.shape[1]), cap.tokenizer  # one width, padded as tokenize_captions
-        pad = tk.pad_token_id if tk.pad_token_id is not None else tk.eos_token_id
-        ids, m_ids = (torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t in (ids, m_ids))
+        n = len(texts)
+        ids, m_ids, lengths, m_len = ids[:n], ids[n:], lengths[:n], lengths[n:]
         m_x = pixels.flip(-1) if tune else clip_features(cap.clip, pixels.flip(-1), cap.cfg).half()
         mirror = (ok, m_x, m_ids, m_len)
-        log.info("hflip %.2f: %d of %d examples can be mirrored", cfg.hflip, int(ok.sum()), len(texts))
+        log.info("hflip %.2f: %d of %d examples can be mirrored", cfg.hflip, int(ok.sum()), n)
+    else:
+        ids, lengths = tokenize_captions(cap.tokenizer, texts, cap.cfg.max_caption_tokens)
     prep_s = time.time() - t0
     del chosen, pixels
 
