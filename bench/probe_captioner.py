@@ -12,9 +12,12 @@ test (nothing they train is saved). Two of them:
   held-out scenes = the LM memorised its captions rather than learning to read the attribute.
 - ``tower``: a linear probe (logistic regression on the mean and max over each hidden state's map, 75/25
   split) of the attribute from every hidden state of the captioner's tuned vision tower (or any CLIP folder).
+- ``cell``: the same per object, in scenes of any number of objects, from the token of the object's own cell
+  (each hidden state's map adaptive-average-pooled to the world's 3x3 grid, as ``prefix_grid=3`` feeds the LM;
+  also max-pooled, and both together): what the LM of a token-per-cell captioner can read about each object.
 
 ``python bench/probe_captioner.py lm bench_out/cap/descriptive``;
-``python bench/probe_captioner.py tower bench_out/cap/descriptive/clip``.
+``python bench/probe_captioner.py tower bench_out/cap/descriptive/clip`` (or ``cell``).
 Scenes: world seed 7 (disjoint from the bench's train seed 0 and held-out seed 1).
 """
 
@@ -134,25 +137,77 @@ def probe_tower(clip_dir: str, attribute: str = "fill", n_scenes: int = 2500, st
     out = []
     for i, h in enumerate(hidden):
         x = torch.cat([h[:, 1:].mean(1), h[:, 1:].amax(1)], 1).float()
-        x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-5)
-        lin = torch.nn.Linear(x.shape[1], len(classes))
-        opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-3)
-        for _ in range(steps):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(lin(x[train]), y[train]).backward()
-            opt.step()
-        acc = float((lin(x[~train]).argmax(1) == y[~train]).float().mean())
-        out.append({"hidden_state": i, "tokens": int(h.shape[1]) - 1, "dim": int(h.shape[2]), "accuracy": round(acc, 3)})
+        out.append({"hidden_state": i, "tokens": int(h.shape[1]) - 1, "dim": int(h.shape[2]),
+                    "accuracy": linear_probe(x, y, train, len(classes), steps)})
     majority = float(torch.bincount(y[~train]).max()) / int((~train).sum())
     return {"clip": clip_dir, "attribute": attribute, "scenes": len(recs), "majority": round(majority, 3),
             "probes": out}
 
 
+def linear_probe(x: Any, y: Any, train: Any, n_classes: int, steps: int = 300) -> float:
+    """Held-out accuracy of logistic regression on standardised features ``x`` (rows ``train`` to fit)."""
+    import torch
+
+    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-5)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(x.shape[1], n_classes)
+    opt = torch.optim.Adam(lin.parameters(), 1e-2, weight_decay=1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(lin(x[train]), y[train]).backward()
+        opt.step()
+    return round(float((lin(x[~train]).argmax(1) == y[~train]).float().mean()), 3)
+
+
+def probe_cells(clip_dir: str, attribute: str = "fill", n_scenes: int = 1500, steps: int = 300,
+                grid: int = 3) -> dict[str, Any]:
+    """Held-out accuracy of a linear probe of each object's ``attribute`` from its own cell's token.
+
+    Scenes of world seed 7 with any number of objects; the first 75% of the scenes fit, the rest test (an
+    object's scene decides its side, so no scene is on both)."""
+    import torch
+
+    from recaption.captioners.clip_prefix import clip_geometry
+    from recaption.clip import load_clip
+    from recaption.clip.data import load_pixels, normalize
+    from recaption.world import record_scene
+    from recaption.world.dataset import generate_records
+
+    f = torch.nn.functional
+    clip = load_clip(clip_dir)
+    clip.model.eval()
+    recs = list(generate_records(n_scenes, seed=7))
+    objs = [(i, o.row * grid + o.col, getattr(o, attribute)) for i, r in enumerate(recs)
+            for o in record_scene(r).objects]
+    classes = sorted({v for *_, v in objs})
+    y = torch.tensor([classes.index(v) for *_, v in objs])
+    scene = torch.tensor([i for i, _, _ in objs])
+    cell = torch.tensor([c for _, c, _ in objs])
+    train = scene < int(0.75 * len(recs))
+    _, mean, std = clip_geometry(clip)
+    with torch.no_grad():
+        px = normalize(load_pixels(recs, 64), mean, std).to(clip.model.dtype)
+        hidden = clip.model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states
+    out = []
+    for i, h in enumerate(hidden):
+        g = h[:, 1:].float()
+        s = int(round(g.shape[1] ** 0.5))
+        fmap = g.transpose(1, 2).reshape(g.shape[0], g.shape[2], s, s)
+        avg = f.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2)[scene, cell]  # (objects, D)
+        mx = f.adaptive_max_pool2d(fmap, grid).flatten(2).transpose(1, 2)[scene, cell]
+        out.append({"hidden_state": i, "map": f"{s}x{s}x{g.shape[2]}",
+                    **{name: linear_probe(x, y, train, len(classes), steps)
+                       for name, x in (("avg", avg), ("max", mx), ("avg+max", torch.cat([avg, mx], 1)))}})
+    majority = float(torch.bincount(y[~train]).max()) / int((~train).sum())
+    return {"clip": clip_dir, "attribute": attribute, "scenes": len(recs), "objects": len(objs),
+            "majority": round(majority, 3), "probes": out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("lm", "tower"))
-    ap.add_argument("path", help="a clip-prefix checkpoint (lm) or a CLIP folder (tower)")
-    ap.add_argument("--attribute", default="fill", help="lm: fill; tower: any Obj field (fill, size, shape, color)")
+    ap.add_argument("what", choices=("lm", "tower", "cell"))
+    ap.add_argument("path", help="a clip-prefix checkpoint (lm) or a CLIP folder (tower, cell)")
+    ap.add_argument("--attribute", default="fill", help="lm: fill; tower, cell: any Obj field (fill, size, shape, color)")
     ap.add_argument("--scenes", type=int, default=0, help="world scenes to draw one-object ones from")
     ap.add_argument("--source", default="oneobj", choices=("oneobj", "finetune", "heldout"),
                     help="lm: which scenes (see above); finetune reads the bench's 20,000 train scenes")
@@ -165,8 +220,10 @@ def main() -> None:
     if args.what == "lm":
         default_n = {"oneobj": 1500, "finetune": 20000, "heldout": 1000}[args.source]
         res = probe_lm(args.path, args.attribute, args.scenes or default_n, args.source)
-    else:
+    elif args.what == "tower":
         res = probe_tower(args.path, args.attribute, args.scenes or 2500)
+    else:
+        res = probe_cells(args.path, args.attribute, args.scenes or 1500)
     print(json.dumps(res, indent=1))
 
 
