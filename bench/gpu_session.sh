@@ -28,6 +28,8 @@
 #   (SEED=N fixes the continuation's seed; by default it is the clock's, so each call draws new batches)
 #   UNET_BATCH=N overrides world_t2i's U-Net batch (1024 in its full preset: a GPU step is launch-bound);
 #   VAE_LR=X the VAE's peak lr (7e-4 in the full preset; 5e-4 when continuing VAE_INIT).
+#   VAE_DECODER_ONLY=1 with UNET_INIT: first VAE_MIN minutes on the VAE's decoder alone, then the U-Net goes on:
+#   JOBS=A UNET_INIT=bench_out/gpu5/t2i_A VAE_DECODER_ONLY=1 bash bench/gpu_session.sh 565 3.5 3.5
 # Smoke test of the plumbing on a CPU: QUICK=1 OUT=/tmp/gpu_smoke bash bench/gpu_session.sh 400
 set -u
 BUDGET=${1:-540}; VAE_MIN=${2:-3.3}; UNET_MIN=${3:-2.4}
@@ -53,6 +55,9 @@ INIT=""; [ -n "$VAE_INIT" ] && INIT="--vae-init $VAE_INIT --vae-lr ${VAE_LR:-5e-
 [ -z "$VAE_INIT" ] && [ -n "${VAE_LR:-}" ] && INIT="--vae-lr $VAE_LR"  # a from-scratch VAE at another peak lr
 # continue a brought-back model's U-Net (VAE kept as is), with a new seed so that its batches are new ones
 [ -n "${UNET_INIT:-}" ] && INIT="--init-model $UNET_INIT --seed ${SEED:-$(date +%s)}"
+# VAE_DECODER_ONLY=1: fine-tune only the decoder of VAE_INIT's (or UNET_INIT's) VAE; latents unchanged, so a
+# UNET_INIT U-Net then goes on with the new decoder (VAE_MIN minutes for it, at VAE_LR, default 5e-4)
+[ "${VAE_DECODER_ONLY:-0}" = 1 ] && INIT="$INIT --vae-decoder-only --vae-lr ${VAE_LR:-5e-4}"
 case " $JOBS " in *" A "*)
 OMP_NUM_THREADS=5 python3 bench/world_t2i.py $WQ --out /tmp/wA --latent-channels "$LATENT_A" --vae-minutes "$VAE_MIN" \
   --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" $INIT ${UNET_BATCH:+--unet-batch $UNET_BATCH} --results "$R/t2i_A.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_A.log" &

@@ -173,6 +173,9 @@ def main() -> None:
                     help="continue a saved t2i model (an earlier run's exported t2i/ folder): its VAE as it is (not "
                          "trained), its text encoder frozen, its U-Net trained on")
     ap.add_argument("--vae-lr", type=float, default=0, help="override the preset's VAE learning rate")
+    ap.add_argument("--vae-decoder-only", action="store_true",
+                    help="train only the decoder of --vae-init's VAE, or of --init-model's (then its U-Net goes on "
+                         "with the new decoder): the latents and scaling factor stay, so the U-Net stays valid")
     ap.add_argument("--reuse", action="store_true", help="reuse OUT/data and OUT/vae when present")
     ap.add_argument("--seed", type=int, default=0,
                     help="the U-Net run's seed (batch order, blend draws, noise); give a continuation (--init-model) "
@@ -186,6 +189,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.init_model and args.vae_init:
         ap.error("--init-model keeps its model's VAE as it is; --vae-init continues training one: give one of them")
+    if args.vae_decoder_only and not (args.vae_init or args.init_model):
+        ap.error("--vae-decoder-only fine-tunes a saved VAE: give --vae-init DIR or --init-model DIR")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     P = dict(QUICK if args.quick else CPU if args.preset == "cpu" else FULL)
     for k in ("unet_steps", "vae_steps", "n_train", "vae_minutes", "unet_minutes", "text_steps", "vae_lr",
@@ -207,7 +212,7 @@ def main() -> None:
     res: dict = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{os.cpu_count()}",
                  "preset": "quick" if args.quick else args.preset, **{k: v for k, v in P.items()},
                  "text_mode": args.text_mode, "latent_channels": args.latent_channels, "vae_init": args.vae_init,
-                 "init_model": args.init_model, "seed": args.seed,
+                 "init_model": args.init_model, "vae_decoder_only": args.vae_decoder_only, "seed": args.seed,
                  "timings_s": {}}
     T = res["timings_s"]
     t0 = time.time()
@@ -244,7 +249,7 @@ def main() -> None:
     from recaption.t2i.vae import train_vae
 
     t = time.time()
-    if args.init_model:  # its VAE as it is, not trained
+    if args.init_model and not args.vae_decoder_only:  # its VAE as it is, not trained
         vae_dir = Path(args.init_model) / "vae"
         T["vae_train"], res["vae_steps_done"], res["vae_final_loss"] = 0.0, None, None
     else:
@@ -254,7 +259,9 @@ def main() -> None:
             train_vae(VAETrainConfig(data=str(data), out=str(vae_dir), vae=vcfg, steps=P["vae_steps"],
                                      batch_size=P["vae_batch"], lr=P["vae_lr"], mixed_precision=mp,
                                      log_every=max(1, min(200, P["vae_steps"] // 20)), max_minutes=P["vae_minutes"],
-                                     init=args.vae_init),
+                                     init=args.vae_init or (str(Path(args.init_model) / "vae") if args.init_model
+                                                            else ""),
+                                     decoder_only=args.vae_decoder_only),
                       device=device)
         T["vae_train"] = round(time.time() - t, 1)
         res["vae_steps_done"], res["vae_final_loss"] = last_logged(vae_dir)

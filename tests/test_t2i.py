@@ -412,6 +412,41 @@ def test_vae_time_box_stops_at_the_first_step_past_it(tmp_path):
     assert AutoencoderKL.from_pretrained(tmp_path / "vae").config.scaling_factor != 1.0
 
 
+def test_vae_decoder_only_keeps_the_encoder_latents_and_scaling_factor(tmp_path):
+    """A decoder-only fine-tune changes the decoder and nothing a U-Net depends on (encoder, scaling factor)."""
+    from diffusers import AutoencoderKL
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+    from recaption.io import open_writer
+    from recaption.t2i.config import VAE_SIZES, VAETrainConfig
+    from recaption.t2i.vae import train_vae
+
+    data = tmp_path / "data"
+    with open_writer(str(data), "folder") as w:
+        for r in make_records(8):
+            w.write(r)
+    base = dict(data=str(data), vae=VAE_SIZES["vae-tiny"], batch_size=4, image_size=16, log_every=1)
+    train_vae(VAETrainConfig(out=str(tmp_path / "vae"), steps=2, **base), device="cpu")
+    res = CliRunner().invoke(app, ["vae", "train", "--data", str(data), "--out", str(tmp_path / "dec"), "--steps",
+                                   "3", "--lr", "1e-2", "--init", str(tmp_path / "vae"), "--image-size", "16",
+                                   "--batch-size", "4", "--decoder-only"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    a, b = AutoencoderKL.from_pretrained(tmp_path / "vae"), AutoencoderKL.from_pretrained(tmp_path / "dec")
+    assert b.config.scaling_factor == a.config.scaling_factor
+    sa, sb = a.state_dict(), b.state_dict()
+    enc = [k for k in sa if k.startswith(("encoder.", "quant_conv."))]
+    dec = [k for k in sa if k.startswith(("decoder.", "post_quant_conv."))]
+    assert enc and dec and len(enc) + len(dec) == len(sa)
+    assert all(torch.equal(sa[k], sb[k]) for k in enc)
+    assert sum(not torch.equal(sa[k], sb[k]) for k in dec) > len(dec) // 2
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(a.encode(x).latent_dist.mean, b.encode(x).latent_dist.mean)
+    with pytest.raises(ValueError, match="decoder_only fine-tunes a saved VAE's decoder: give init"):
+        train_vae(VAETrainConfig(out=str(tmp_path / "x"), steps=1, decoder_only=True, **base), device="cpu")
+
+
 @pytest.mark.slow
 def test_checkpoints_hold_ema_unets_one_can_sample_from(trained):
     from diffusers import UNet2DConditionModel

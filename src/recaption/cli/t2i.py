@@ -34,6 +34,8 @@ def vae_train(
     mixed_precision: str = typer.Option("no", help="no | bf16 (GPU)."),
     max_minutes: float = typer.Option(0.0, help="Time box: stop (and save) after this many minutes (0: none)."),
     init: str = typer.Option("", help="Continue this saved VAE (its geometry; --size is then ignored)."),
+    decoder_only: bool = typer.Option(False, "--decoder-only", help="With --init: train the decoder only; the "
+                                      "latents and scaling factor stay, so a U-Net trained on them stays valid."),
 ) -> None:
     """Train a VAE on a dataset's images, from scratch or continuing a saved one (--init)."""
     import dataclasses
@@ -48,7 +50,7 @@ def vae_train(
         vcfg = dataclasses.replace(vcfg, latent_channels=latent_channels)
     cfg = VAETrainConfig(data=data, out=out, vae=vcfg, steps=steps, batch_size=batch_size, lr=lr,
                          image_size=image_size, seed=seed, limit=limit or None, mixed_precision=mixed_precision,
-                         max_minutes=max_minutes, init=init)
+                         max_minutes=max_minutes, init=init, decoder_only=decoder_only)
     if init and not (Path(init) / "config.json").is_file():
         raise _user_error(ValueError(f"--init {init}: not a saved VAE (no config.json inside)"))
     try:

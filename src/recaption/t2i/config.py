@@ -103,6 +103,9 @@ class VAETrainConfig:
     limit: int | None = None
     max_minutes: float = 0.0
     init: str = ""  # a saved AutoencoderKL to continue from (its own geometry; ``vae`` is then ignored)
+    # with ``init``: train the decoder (and post_quant_conv) only; the encoder, hence the latents, and the saved
+    # scaling factor stay exactly as they were, so a U-Net trained on that VAE's latents stays valid
+    decoder_only: bool = False
 
 
 @dataclass(frozen=True)

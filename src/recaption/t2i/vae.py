@@ -32,6 +32,8 @@ def train_vae(cfg: VAETrainConfig, records: Iterable[Record] | None = None,
               device: str | torch.device | None = None) -> Path:
     """Train a VAE per ``cfg`` on ``records`` (or ``cfg.data``); saves it to ``cfg.out`` (diffusers layout)."""
     dev = torch.device(device) if device else auto_device()
+    if cfg.decoder_only and not cfg.init:
+        raise ValueError("decoder_only fine-tunes a saved VAE's decoder: give init (a VAE directory)")
     out = Path(cfg.out)
     data = read_data(records if records is not None else cfg.data, (ORIGINAL,), limit=cfg.limit)
     pixels = torch.cat([(decode_images(data.images[i:i + 1024], cfg.image_size) * 127.5 + 127.5).round()
@@ -48,7 +50,14 @@ def train_vae(cfg: VAETrainConfig, records: Iterable[Record] | None = None,
         log.info("continuing VAE %s", cfg.init)
     else:
         vae = new_vae(cfg.vae).to(dev).train()
-    opt = adamw(vae.parameters(), dev, lr=cfg.lr, weight_decay=0.0)
+    if cfg.decoder_only:  # the encoder side fixes the latents: frozen, and run without gradients
+        for m in (vae.encoder, vae.quant_conv):
+            if m is not None:
+                m.requires_grad_(False)
+        log.info("decoder only: the encoder and the scaling factor (%.4f) stay as they are",
+                 vae.config.scaling_factor)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = adamw(params, dev, lr=cfg.lr, weight_decay=0.0)
     warm = max(1, min(100, cfg.steps // 10))
     g = torch.Generator(device=dev).manual_seed(cfg.seed)
     autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.mixed_precision == "bf16"
@@ -65,14 +74,15 @@ def train_vae(cfg: VAETrainConfig, records: Iterable[Record] | None = None,
         idx = torch.randint(0, len(data), (cfg.batch_size,), device=dev, generator=g)
         x = pixels[idx].float() / 127.5 - 1.0  # (B, 3, H, W)
         with autocast:
-            post = vae.encode(x).latent_dist
+            with torch.set_grad_enabled(not cfg.decoder_only):
+                post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, device=dev, generator=g)
             rec = vae.decode(z).sample.float()
         kl = post.kl().float().mean() / x[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         running += loss.detach()
         # the time box is checked every step (steps can be slow); the step it stops at is logged
@@ -85,8 +95,11 @@ def train_vae(cfg: VAETrainConfig, records: Iterable[Record] | None = None,
             log.warning("max_minutes=%g reached: stopping at step %d of %d", cfg.max_minutes, step + 1, cfg.steps)
             break
     vae.eval()
-    sf = 1.0 / latent_std(vae, pixels[:2048])
-    vae.register_to_config(scaling_factor=sf)
+    if cfg.decoder_only:  # same encoder, same latents: keep the factor a U-Net was trained with
+        sf = float(vae.config.scaling_factor)
+    else:
+        sf = 1.0 / latent_std(vae, pixels[:2048])
+        vae.register_to_config(scaling_factor=sf)
     vae.save_pretrained(out)
     write_json(out / "vae_train_config.json", config_to_dict(cfg))
     runlog.close()
