@@ -113,25 +113,33 @@ def probe_lm(ckpt: str, attribute: str = "fill", n_scenes: int = 1500, source: s
             "mean_probability_by_true_class": rows}
 
 
-def probe_tower(clip_dir: str, attribute: str = "fill", n_scenes: int = 2500, steps: int = 300) -> dict[str, Any]:
-    """Held-out accuracy of a linear probe of ``attribute`` on each hidden state of the vision tower."""
+def tower_hidden_states(clip_dir: str, recs: list[Any]) -> tuple[Any, ...]:
+    """Every hidden state of a CLIP folder's vision tower on ``recs``' images (no gradients)."""
     import torch
 
     from recaption.captioners.clip_prefix import clip_geometry
     from recaption.clip import load_clip
     from recaption.clip.data import load_pixels, normalize
-    from recaption.world import record_scene
 
     clip = load_clip(clip_dir)
     clip.model.eval()
+    _, mean, std = clip_geometry(clip)
+    with torch.no_grad():
+        px = normalize(load_pixels(recs, 64), mean, std).to(clip.model.dtype)
+        return clip.model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states
+
+
+def probe_tower(clip_dir: str, attribute: str = "fill", n_scenes: int = 2500, steps: int = 300) -> dict[str, Any]:
+    """Held-out accuracy of a linear probe of ``attribute`` on each hidden state of the vision tower."""
+    import torch
+
+    from recaption.world import record_scene
+
     recs = one_object_scenes(n_scenes)
     labels = [getattr(record_scene(r).objects[0], attribute) for r in recs]
     classes = sorted(set(labels))
     y = torch.tensor([classes.index(v) for v in labels])
-    _, mean, std = clip_geometry(clip)
-    with torch.no_grad():
-        px = normalize(load_pixels(recs, 64), mean, std).to(clip.model.dtype)
-        hidden = clip.model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states
+    hidden = tower_hidden_states(clip_dir, recs)
     train = torch.arange(len(recs)) < int(0.75 * len(recs))
     torch.manual_seed(0)
     out = []
@@ -167,15 +175,10 @@ def probe_cells(clip_dir: str, attribute: str = "fill", n_scenes: int = 1500, st
     object's scene decides its side, so no scene is on both)."""
     import torch
 
-    from recaption.captioners.clip_prefix import clip_geometry
-    from recaption.clip import load_clip
-    from recaption.clip.data import load_pixels, normalize
     from recaption.world import record_scene
     from recaption.world.dataset import generate_records
 
     f = torch.nn.functional
-    clip = load_clip(clip_dir)
-    clip.model.eval()
     recs = list(generate_records(n_scenes, seed=7))
     objs = [(i, o.row * grid + o.col, getattr(o, attribute)) for i, r in enumerate(recs)
             for o in record_scene(r).objects]
@@ -184,10 +187,7 @@ def probe_cells(clip_dir: str, attribute: str = "fill", n_scenes: int = 1500, st
     scene = torch.tensor([i for i, _, _ in objs])
     cell = torch.tensor([c for _, c, _ in objs])
     train = scene < int(0.75 * len(recs))
-    _, mean, std = clip_geometry(clip)
-    with torch.no_grad():
-        px = normalize(load_pixels(recs, 64), mean, std).to(clip.model.dtype)
-        hidden = clip.model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states
+    hidden = tower_hidden_states(clip_dir, recs)
     out = []
     for i, h in enumerate(hidden):
         g = h[:, 1:].float()
@@ -208,7 +208,7 @@ def main() -> None:
     ap.add_argument("what", choices=("lm", "tower", "cell"))
     ap.add_argument("path", help="a clip-prefix checkpoint (lm) or a CLIP folder (tower, cell)")
     ap.add_argument("--attribute", default="fill", help="lm: fill; tower, cell: any Obj field (fill, size, shape, color)")
-    ap.add_argument("--scenes", type=int, default=0, help="world scenes to draw one-object ones from")
+    ap.add_argument("--scenes", type=int, default=0, help="world scenes (lm oneobj, tower: to draw one-object ones from)")
     ap.add_argument("--source", default="oneobj", choices=("oneobj", "finetune", "heldout"),
                     help="lm: which scenes (see above); finetune reads the bench's 20,000 train scenes")
     ap.add_argument("--threads", type=int, default=0)
