@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--vision-lr-scale", type=float, default=1.0)
     ap.add_argument("--train-option", action="append", default=[], metavar="NAME=VALUE",
                     help="any other CaptionerTrainConfig field (a JSON value), e.g. bow_weight=1.0")
+    ap.add_argument("--extra-layer", type=int, action="append", default=[],
+                    help="add this tower hidden state to the prefix (a multi-level prefix; repeatable)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64, help="captioning batch")
     args = ap.parse_args()
@@ -61,7 +63,8 @@ def main() -> None:
     held = list(generate_records(args.heldout_n, seed=1))
     res: dict = {"args": vars(args), "data_s": round(time.time() - t, 1)}
     t = time.time()
-    res["train"] = train_captioner(train, args.out, cfg, init=args.init, device="cpu", resume=False)
+    res["train"] = train_captioner(train, args.out, cfg, init=args.init, device="cpu", resume=False,
+                                   add_layers=args.extra_layer)
     res["train"]["wall_seconds"] = round(time.time() - t, 1)
     report = caption_and_audit(args.out, held, [r.pil() for r in held], args.stage, args.batch_size)
     res["audit"] = report

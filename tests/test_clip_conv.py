@@ -132,3 +132,58 @@ def test_bad_vision_arch_is_a_clear_error(tmp_path):
         os.makedirs(tmp_path / "half")
         (tmp_path / "half" / "conv_clip.json").write_text("{}")
         ConvClipModel.from_pretrained(str(tmp_path / "half"))
+
+
+def test_extra_layers_add_earlier_tower_stages_to_the_prefix_starting_from_zero(tmp_path, conv_dir, records):
+    """A multi-level prefix: an earlier (16x16) ResNet stage pooled to the prefix's grid, added to an alt checkpoint
+    through a zero-initialised projection (the loss is unchanged at the start), then trained, saved and reloaded."""
+    from recaption.captioners.clip_prefix import (
+        ClipPrefixConfig,
+        load_clip_prefix,
+        prefix_levels,
+        vision_levels,
+        vision_tokens,
+    )
+    from recaption.captioners.train_prefix import CaptionerTrainConfig, tokenize_captions, train_captioner
+
+    enc = load_clip(conv_dir)
+    px = load_pixels(records[:4], 64)
+    cfg = ClipPrefixConfig(**{**TINY_PREFIX, "prefix_len": 0, "prefix_grid": 3, "extra_layers": [1]})
+    assert cfg.extra_layers == (1,)  # a JSON list becomes a tuple
+    main, extra = vision_levels(enc, px, cfg)
+    hidden = enc.model.vision_model(pixel_values=normalize(px), output_hidden_states=True).hidden_states
+    stage1 = hidden[1][:, 1:].transpose(1, 2).reshape(4, 8, 16, 16)  # 8 channels at 16x16
+    torch.testing.assert_close(extra[:, 1:], torch.nn.functional.adaptive_avg_pool2d(stage1, 3).flatten(2).transpose(1, 2))
+    torch.testing.assert_close(extra[:, :1], hidden[1][:, :1])  # its own mean token
+    assert main.shape == (4, 10, 16) and extra.shape == (4, 10, 8)
+    torch.testing.assert_close(vision_tokens(enc, px, cfg), torch.cat([main, extra], -1))
+    assert prefix_levels(cfg, enc) == (10, [16, 8])
+    with pytest.raises(ValueError, match="no layer 7"):
+        vision_levels(enc, px, ClipPrefixConfig(**{**TINY_PREFIX, "prefix_len": 0, "extra_layers": [7]}))
+    with pytest.raises(ValueError, match="needs prefix='patch'"):
+        ClipPrefixConfig(prefix="pooled", extra_layers=(1,))
+
+    alt = str(tmp_path / "alt")
+    train_captioner(records, alt, CaptionerTrainConfig(stage="alt", steps=2, batch_size=8, warmup=1), clip=conv_dir,
+                    model_cfg=ClipPrefixConfig(**{**TINY_PREFIX, "prefix_len": 0, "prefix_grid": 3}))
+    cap = load_clip_prefix(alt)
+    cap.model.eval()
+    ids, lengths = tokenize_captions(cap.tokenizer, [r.captions["alt"] for r in records[:4]], 160)
+    with torch.no_grad():
+        before = cap.model.loss(vision_tokens(cap.clip, px, cap.cfg), ids, lengths)
+        cap.model.add_levels([8])
+        after = cap.model.loss(vision_tokens(cap.clip, px, cfg), ids, lengths)
+    torch.testing.assert_close(before, after)  # zero-initialised: the checkpoint continues exactly
+
+    out = str(tmp_path / "short")
+    train = CaptionerTrainConfig(stage="short", steps=3, batch_size=8, warmup=1, finetune_size="16", save_every=0)
+    train_captioner(records, out, train, init=alt, add_layers=[1, 1])
+    tuned = load_clip_prefix(out)
+    assert tuned.cfg.extra_layers == (1,) and tuned.model.level_dims == [16, 8]
+    w = tuned.model.levels[0][1].weight
+    assert w.shape == (TINY_PREFIX["lm_width"], 8) and w.abs().sum() > 0  # trained away from zero
+    texts = tuned.caption([r.pil() for r in records[:3]], "short")
+    assert load_clip_prefix(out).caption([r.pil() for r in records[:3]], "short") == texts
+    # resuming the finished run (same arguments) does not add the level twice
+    train_captioner(records, out, train, init=alt, add_layers=[1])
+    assert load_clip_prefix(out).model.level_dims == [16, 8]

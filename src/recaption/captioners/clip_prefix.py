@@ -16,7 +16,11 @@ the prefix length when the LM's cost matters more than fine detail; ``prefix_gri
 fixed g x g grid of tokens (adaptive average pooling, as LLaVA-style pooled projectors do), whatever the tower's
 resolution: with g equal to the layout of the images (the shapes world places things on a 3x3 grid of cells)
 each token is one region a caption speaks of; ``prefix="pooled"`` gives ClipCap's original single-vector variant
-for comparison.
+for comparison. ``extra_layers`` adds earlier hidden states of the tower to each prefix token (a multi-level prefix,
+as feature pyramids and LLaVA-style multi-layer projectors do): each level is pooled to the same token grid and
+projected by its own zero-initialised projection onto the main level's token, so a checkpoint given more levels
+starts exactly where it was and learns to use them. Why: a tower tuned on alt-text keeps fine texture (the world's
+fills) better in its early, high-resolution stages than in the last one (bench/RESULTS.md, "Batch 4 and seed noise").
 
 One checkpoint is trained for one stage (``alt``, ``short`` or ``descriptive``), as the paper fine-tunes
 separate captioners for SSC and DSC: a small fine-tune set teaches a style best when it is the only style
@@ -39,6 +43,7 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +90,12 @@ class ClipPrefixConfig:
     vocab_size: int = 2048
     max_caption_tokens: int = 160
     finetune_vision: bool = False
+    extra_layers: tuple[int, ...] = ()  # more hidden states of the tower, each added to the prefix tokens
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_layers", tuple(int(x) for x in self.extra_layers))  # a JSON list -> tuple
+        if self.extra_layers and self.prefix != "patch":
+            raise ValueError("extra_layers needs prefix='patch' (a pooled prefix has no token grid)")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.prefix not in ("patch", "pooled"):
@@ -133,14 +142,21 @@ class ClipPrefixModel(torch.nn.Module):
     Flamingo's Perceiver Resampler and BLIP-2's Q-Former; ClipCap's transformer mapper with its learned
     constants is the same idea), giving a short prefix whatever the patch count, or (``prefix_len=0``) a
     transformer encoder over the image tokens whose outputs are the prefix itself.
+
+    ``vision_dim``: the width of the tower's tokens, or one width per level (the main level, then
+    ``cfg.extra_layers``), whose features arrive concatenated; each extra level has its own projection, added.
     """
 
-    def __init__(self, cfg: ClipPrefixConfig, lm: Any, vision_dim: int, n_tokens: int) -> None:
+    def __init__(self, cfg: ClipPrefixConfig, lm: Any, vision_dim: int | Sequence[int], n_tokens: int) -> None:
         nn = torch.nn
         super().__init__()
         d = lm.config.hidden_size
         self.cfg = cfg
-        self.proj = nn.Sequential(nn.LayerNorm(vision_dim), nn.Linear(vision_dim, d))
+        dims = [int(vision_dim)] if isinstance(vision_dim, int) else [int(x) for x in vision_dim]
+        self.level_dims = dims[:1]
+        self.proj = nn.Sequential(nn.LayerNorm(dims[0]), nn.Linear(dims[0], d))
+        self.levels = nn.ModuleList()
+        self.add_levels(dims[1:], zero=False)
         self.pos = nn.Parameter(torch.randn(1, n_tokens, d) * 0.02)
         heads = max(1, d // 64)
         if cfg.prefix_len > 0:
@@ -155,9 +171,29 @@ class ClipPrefixModel(torch.nn.Module):
             self.mapper = nn.TransformerEncoder(layer, max(1, cfg.mapper_layers), enable_nested_tensor=False)
         self.lm = lm
 
+    def add_levels(self, dims: Sequence[int], zero: bool = True) -> None:
+        """One projection per new level of width ``dims[i]``; ``zero``: its output starts at zero, so the prefix
+        (and everything the model writes) is unchanged until training moves it."""
+        nn = torch.nn
+        d = self.proj[1].out_features
+        for dim in dims:
+            lin = nn.Linear(int(dim), d)
+            if zero:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+            self.levels.append(nn.Sequential(nn.LayerNorm(int(dim)), lin).to(self.proj[1].weight.device))
+            self.level_dims.append(int(dim))
+
     def prefix(self, feats: Any) -> Any:
         """CLIP tokens ``(B, N, Dv)`` -> LM prefix embeddings ``(B, P, D)`` (P = prefix_len or N)."""
-        x = self.proj(feats.float()) + self.pos  # (B, N, D)
+        feats = feats.float()
+        if feats.shape[-1] != sum(self.level_dims):
+            raise ValueError(f"image features are {feats.shape[-1]} wide; this model reads levels of widths "
+                             f"{self.level_dims} (sum {sum(self.level_dims)})")
+        parts = feats.split(self.level_dims, dim=-1)
+        x = self.proj(parts[0]) + self.pos  # (B, N, D)
+        for level, part in zip(self.levels, parts[1:], strict=True):
+            x = x + level(part)
         if self.queries is None:
             return self.mapper(x)
         return self.mapper(self.queries.expand(x.shape[0], -1, -1), x)  # (B, K, D)
@@ -201,13 +237,19 @@ def feature_layer(cfg: ClipPrefixConfig, encoder: Any) -> int:
 
 def prefix_shape(cfg: ClipPrefixConfig, encoder: Any) -> tuple[int, int]:
     """``(P, Dv)`` of the mapper's input: P image tokens before any resampler (class/mean token + positions)
-    of width Dv, read off one blank image for patch prefixes (any tower, any geometry)."""
+    of width Dv (all levels together), read off one blank image for patch prefixes (any tower, any geometry)."""
+    n, dims = prefix_levels(cfg, encoder)
+    return n, sum(dims)
+
+
+def prefix_levels(cfg: ClipPrefixConfig, encoder: Any) -> tuple[int, list[int]]:
+    """``(P, [Dv per level])``: the prefix's token count and the width of each level (main, then extra_layers)."""
     if cfg.prefix == "pooled":
-        return 1, int(encoder.model.config.projection_dim)
+        return 1, [int(encoder.model.config.projection_dim)]
     size = clip_geometry(encoder)[0]
     with torch.no_grad():
-        h = vision_tokens(encoder, torch.zeros(1, 3, size, size, dtype=torch.uint8), cfg)
-    return int(h.shape[1]), int(h.shape[2])
+        levels = vision_levels(encoder, torch.zeros(1, 3, size, size, dtype=torch.uint8), cfg)
+    return int(levels[0].shape[1]), [int(h.shape[2]) for h in levels]
 
 
 def n_image_tokens(cfg: ClipPrefixConfig, encoder: Any) -> int:
@@ -218,8 +260,31 @@ def n_image_tokens(cfg: ClipPrefixConfig, encoder: Any) -> int:
 def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, with_grid: bool = False) -> Any:
     """``uint8 (B,3,S,S)`` pixels -> the mapper's input ``(B, P, Dv)``; differentiable (see ``finetune_vision``).
 
+    With ``cfg.extra_layers`` the levels' tokens come concatenated along the width (main level first).
     ``with_grid``: also return the feature layer's positions as a map ``(B, Dv, s, s)`` before any pooling
-    (what the training-time reconstruction head reads; ``prefix="patch"`` only).
+    (what the training-time reconstruction head reads; ``prefix="patch"`` only; the main level's).
+    """
+    out = vision_levels(encoder, pixels, cfg, with_grid)
+    levels = out[0] if with_grid else out
+    h = levels[0] if len(levels) == 1 else torch.cat(levels, dim=-1)
+    return (h, out[1]) if with_grid else h
+
+
+def _token_map(h: Any) -> tuple[Any, Any]:
+    """Tokens ``(B, 1 + s*s, D)`` -> (the class/mean token ``(B, 1, D)``, the positions as a map ``(B, D, s, s)``)."""
+    cls, grid = h[:, :1], h[:, 1:]
+    B, N, D = grid.shape
+    s = int(round(N ** 0.5))
+    if s * s != N:
+        raise ValueError(f"the tower's {N} position tokens are not a square map")
+    return cls, grid.transpose(1, 2).reshape(B, D, s, s)
+
+
+def vision_levels(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, with_grid: bool = False) -> Any:
+    """The prefix's tokens per level: ``[(B, P, Dv_main), (B, P, Dv_extra)...]`` (see :func:`vision_tokens`).
+
+    The main level is pooled as the config says (``prefix_grid`` or ``prefix_pool``); each extra level is pooled
+    to the main level's final grid (adaptive average pooling), so token i of every level covers the same region.
     """
     from recaption.clip.data import normalize
 
@@ -230,19 +295,28 @@ def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, with_grid: b
         if with_grid:
             raise ValueError("with_grid needs prefix='patch' (a pooled prefix has no positions)")
         f = model.get_image_features(pixel_values=px)
-        return getattr(f, "pooler_output", f)[:, None, :]
-    h = model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states[feature_layer(cfg, encoder)]
-    cls, grid = h[:, :1], h[:, 1:]
-    B, N, D = grid.shape
-    s = int(round(N ** 0.5))
-    fmap = grid.transpose(1, 2).reshape(B, D, s, s)
+        return [getattr(f, "pooler_output", f)[:, None, :]]
+    hidden = model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states
+    h = hidden[feature_layer(cfg, encoder)]
+    cls, fmap = _token_map(h)
+    s = fmap.shape[-1]
     if cfg.prefix_grid and cfg.prefix_grid > s:
         raise ValueError(f"prefix_grid {cfg.prefix_grid} is finer than the tower's {s}x{s} token map")
+    f = torch.nn.functional
     if cfg.prefix_grid or cfg.prefix_pool > 1:
-        f = torch.nn.functional
         pooled = f.adaptive_avg_pool2d(fmap, cfg.prefix_grid) if cfg.prefix_grid else f.avg_pool2d(fmap, cfg.prefix_pool)
         h = torch.cat([cls, pooled.flatten(2).transpose(1, 2)], dim=1)
-    return (h, fmap) if with_grid else h
+    side = int(round((h.shape[1] - 1) ** 0.5))
+    levels = [h]
+    for layer in cfg.extra_layers:
+        if not -len(hidden) <= layer < len(hidden):
+            raise ValueError(f"extra_layers: the tower has {len(hidden)} hidden states, no layer {layer}")
+        e_cls, e_map = _token_map(hidden[layer])
+        if e_map.shape[-1] < side:
+            raise ValueError(f"extra_layers: layer {layer}'s {e_map.shape[-1]}x{e_map.shape[-1]} map is coarser "
+                             f"than the prefix's {side}x{side} grid")
+        levels.append(torch.cat([e_cls, f.adaptive_avg_pool2d(e_map, side).flatten(2).transpose(1, 2)], dim=1))
+    return (levels, fmap) if with_grid else levels
 
 
 def clip_features(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, batch_size: int = 256) -> Any:
@@ -262,6 +336,7 @@ def vision_params(encoder: Any, cfg: ClipPrefixConfig) -> list[Any]:
 
 
 def vision_dim(cfg: ClipPrefixConfig, encoder: Any) -> int:
+    """The width of the mapper's input (all levels together)."""
     return prefix_shape(cfg, encoder)[1]
 
 
@@ -411,8 +486,8 @@ def load_clip_prefix(path: str, device: str = "cpu", dtype: str | None = None,
     clip = load_clip(resolve_clip_path(cfg, path), device=device, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
     lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(os.path.join(path, "lm_config.json")))
-    n_pre, dim = prefix_shape(cfg, clip)
-    model = ClipPrefixModel(cfg, lm, dim, n_pre)
+    n_pre, dims = prefix_levels(cfg, clip)
+    model = ClipPrefixModel(cfg, lm, dims, n_pre)
     load_model(model, os.path.join(path, WEIGHTS_NAME), device=device)
     model.to(device).eval()
     return ClipPrefixCaptioner(cfg, model, tok, clip, decode or DecodeConfig(), path=path, meta=meta)

@@ -307,7 +307,7 @@ def build_captioner(texts: list[str], clip: str, model_cfg: Any, device: str = "
         ClipPrefixCaptioner,
         ClipPrefixModel,
         build_lm,
-        prefix_shape,
+        prefix_levels,
     )
     from recaption.clip import load_clip
     from recaption.clip.tokenizer import train_tokenizer
@@ -318,8 +318,8 @@ def build_captioner(texts: list[str], clip: str, model_cfg: Any, device: str = "
     else:
         tok = train_tokenizer(texts, vocab_size=model_cfg.vocab_size, add_special=False,
                               model_max_length=10**6)  # captions are cut at max_caption_tokens here
-    n_pre, dim = prefix_shape(model_cfg, encoder)
-    model = ClipPrefixModel(model_cfg, build_lm(model_cfg, tok, n_pre), dim, n_pre)
+    n_pre, dims = prefix_levels(model_cfg, encoder)
+    model = ClipPrefixModel(model_cfg, build_lm(model_cfg, tok, n_pre), dims, n_pre)
     cfg = dataclasses.replace(model_cfg, clip="clip" if os.path.isdir(clip) else clip)
     model.cfg = cfg
     return ClipPrefixCaptioner(cfg, model.to(device), tok, encoder)
@@ -328,7 +328,7 @@ def build_captioner(texts: list[str], clip: str, model_cfg: Any, device: str = "
 def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainConfig, *, init: str | None = None,
                     clip: str | None = None, model_cfg: Any = None, pairs: str | dict[str, str] | None = None,
                     device: str = "cpu", resume: bool = True,
-                    tokenizer_texts: Iterable[str] | None = None) -> dict[str, Any]:
+                    tokenizer_texts: Iterable[str] | None = None, add_layers: Iterable[int] = ()) -> dict[str, Any]:
     """Train one stage and save the checkpoint to ``out``; returns figures (loss, time, sizes).
 
     Stage ``alt`` starts from ``clip`` (a CLIP checkpoint; when none is given, a world CLIP is first trained
@@ -340,6 +340,10 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
     fixed in stage 1; trained on alt-text alone it splits the descriptive vocabulary ("sits", "There") into
     pieces, which makes every descriptive sequence ~25% longer (bench/RESULTS.md). A pretrained LM's tokenizer
     knows those words already, which is what this stands in for. Only the vocabulary sees these texts.
+
+    ``add_layers``: with ``init``, hidden states of the tower to add to the loaded model's prefix
+    (``ClipPrefixConfig.extra_layers``; those it has already are kept); each new level's projection starts at zero,
+    so the run starts exactly where ``init`` left off. A new stage-1 model takes them from ``model_cfg`` instead.
     """
     import torch
 
@@ -382,6 +386,13 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
     elif init:
         cap = load_clip_prefix(init, device=device)
         cap.cfg = dataclasses.replace(cap.cfg, stage=stage)
+        new = [int(x) for x in dict.fromkeys(add_layers) if int(x) not in cap.cfg.extra_layers]
+        if new:
+            from recaption.captioners.clip_prefix import prefix_levels
+
+            cap.cfg = dataclasses.replace(cap.cfg, extra_layers=cap.cfg.extra_layers + tuple(new))
+            cap.model.add_levels(prefix_levels(cap.cfg, cap.clip)[1][-len(new):])
+            log.info("prefix levels added to %s: tower hidden states %s (zero-initialised)", init, new)
     else:
         if not clip:  # the paper's setting: a CLIP trained on this dataset's alt-text alone
             from recaption.clip.train import ClipTrainConfig, train_clip

@@ -104,6 +104,11 @@ def captioner_train(
         prefix_grid: int = typer.Option(0, "--prefix-grid",
                                         help="Stage 1: pool the image token map to a G x G grid instead "
                                              "(3 matches the shapes world's 3x3 layout; 0: off)."),
+        extra_layer: list[int] = typer.Option(
+            None, "--extra-layer",
+            help="Also feed this hidden state of the vision tower to the prefix (repeatable; a multi-level prefix: "
+                 "for the world's ResNet tower, 1 = its first 16x16 stage). With --init, added to the loaded "
+                 "model, starting from zero so the run begins where the checkpoint left off."),
         tokenizer_texts: list[str] = typer.Option(
             None, "--tokenizer-texts",
             help="Stage 1: more texts for the new tokenizer (repeatable): 'short' or 'descriptive' (in the world, "
@@ -140,7 +145,8 @@ def captioner_train(
                                vision_lr_scale=vision_lr_scale, recon_weight=recon_weight, bow_weight=bow_weight,
                                hflip=hflip, hflip_swap=hflip_swap)
     model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool, prefix_grid=prefix_grid,
-                                 lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads)
+                                 lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads,
+                                 extra_layers=tuple(extra_layer or ()))
     from recaption.captioners.train_prefix import finetune_texts, read_pairs
 
     extra: list[str] = []
@@ -157,7 +163,8 @@ def captioner_train(
         if t not in world_stages:
             extra += list(read_pairs(t).values())
     metrics = train_captioner(data, out, cfg, init=init, clip=clip, model_cfg=model_cfg,
-                              pairs=pairs, device=device, resume=resume, tokenizer_texts=extra)
+                              pairs=pairs, device=device, resume=resume, tokenizer_texts=extra,
+                              add_layers=extra_layer or ())
     typer.echo(json.dumps(metrics))
 
 
