@@ -69,6 +69,9 @@ def main() -> None:
                     help="average-pool the image token grid by this factor (2: 8x8 -> 4x4, a shorter LM sequence)")
     ap.add_argument("--prefix-grid", type=int, default=0,
                     help="pool the image token map to a G x G grid instead (3: the world's 3x3 cells; 0: off)")
+    ap.add_argument("--desc-extra-layer", type=int, action="append", default=[],
+                    help="descriptive stage: add this tower hidden state to the prefix (a multi-level prefix; "
+                         "repeatable; 1 = the ResNet tower's first stage)")
     ap.add_argument("--vision-lr-scale", type=float, default=0.5,
                     help="the tuned vision tower's LR relative to the LM's (with --finetune-vision)")
     ap.add_argument("--recon-weight", default="0,0,0",
@@ -148,7 +151,8 @@ def main() -> None:
                                                  batch_size=args.alt_batch if stage == "alt" else 0),
                             init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
                             model_cfg=None if init else model_cfg, device=args.device, resume=False,
-                            tokenizer_texts=None if init else tok_extra)
+                            tokenizer_texts=None if init else tok_extra,
+                            add_layers=args.desc_extra_layer if stage == "descriptive" else ())
         m["wall_seconds"] = round(time.time() - t, 1)
         res[f"train_{stage}"] = m
         dump()
