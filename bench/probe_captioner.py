@@ -175,6 +175,7 @@ def probe_cells(clip_dir: str, attribute: str = "fill", n_scenes: int = 1500, st
     object's scene decides its side, so no scene is on both)."""
     import torch
 
+    from recaption.captioners.clip_prefix import token_map
     from recaption.world import record_scene
     from recaption.world.dataset import generate_records
 
@@ -190,12 +191,11 @@ def probe_cells(clip_dir: str, attribute: str = "fill", n_scenes: int = 1500, st
     hidden = tower_hidden_states(clip_dir, recs)
     out = []
     for i, h in enumerate(hidden):
-        g = h[:, 1:].float()
-        s = int(round(g.shape[1] ** 0.5))
-        fmap = g.transpose(1, 2).reshape(g.shape[0], g.shape[2], s, s)
+        fmap = token_map(h.float())[1]
+        s = fmap.shape[-1]
         avg = f.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2)[scene, cell]  # (objects, D)
         mx = f.adaptive_max_pool2d(fmap, grid).flatten(2).transpose(1, 2)[scene, cell]
-        out.append({"hidden_state": i, "map": f"{s}x{s}x{g.shape[2]}",
+        out.append({"hidden_state": i, "map": f"{s}x{s}x{fmap.shape[1]}",
                     **{name: linear_probe(x, y, train, len(classes), steps)
                        for name, x in (("avg", avg), ("max", mx), ("avg+max", torch.cat([avg, mx], 1)))}})
     majority = float(torch.bincount(y[~train]).max()) / int((~train).sum())

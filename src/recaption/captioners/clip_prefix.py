@@ -272,7 +272,7 @@ def vision_tokens(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, with_grid: b
     return (h, out[1]) if with_grid else h
 
 
-def _token_map(h: Any) -> tuple[Any, Any]:
+def token_map(h: Any) -> tuple[Any, Any]:
     """Tokens ``(B, 1 + s*s, D)`` -> (the class/mean token ``(B, 1, D)``, the positions as a map ``(B, D, s, s)``)."""
     cls, grid = h[:, :1], h[:, 1:]
     B, N, D = grid.shape
@@ -300,20 +300,21 @@ def vision_levels(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, with_grid: b
         return [getattr(f, "pooler_output", f)[:, None, :]]
     hidden = model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states
     h = hidden[feature_layer(cfg, encoder)]
-    cls, fmap = _token_map(h)
+    cls, fmap = token_map(h)
     s = fmap.shape[-1]
     if cfg.prefix_grid and cfg.prefix_grid > s:
         raise ValueError(f"prefix_grid {cfg.prefix_grid} is finer than the tower's {s}x{s} token map")
     f = torch.nn.functional
+    grid = fmap  # the main level's positions as the prefix has them
     if cfg.prefix_grid or cfg.prefix_pool > 1:
-        pooled = f.adaptive_avg_pool2d(fmap, cfg.prefix_grid) if cfg.prefix_grid else f.avg_pool2d(fmap, cfg.prefix_pool)
-        h = torch.cat([cls, pooled.flatten(2).transpose(1, 2)], dim=1)
-    side = int(round((h.shape[1] - 1) ** 0.5))
+        grid = f.adaptive_avg_pool2d(fmap, cfg.prefix_grid) if cfg.prefix_grid else f.avg_pool2d(fmap, cfg.prefix_pool)
+        h = torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
+    side = grid.shape[-1]
     levels = [h]
     for layer in cfg.extra_layers:
         if not -len(hidden) <= layer < len(hidden):
             raise ValueError(f"extra_layers: the tower has {len(hidden)} hidden states, no layer {layer}")
-        e_cls, e_map = _token_map(hidden[layer])
+        e_cls, e_map = token_map(hidden[layer])
         if e_map.shape[-1] < side:
             raise ValueError(f"extra_layers: layer {layer}'s {e_map.shape[-1]}x{e_map.shape[-1]} map is coarser "
                              f"than the prefix's {side}x{side} grid")

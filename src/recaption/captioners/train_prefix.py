@@ -352,6 +352,7 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
         clip_features,
         clip_geometry,
         load_clip_prefix,
+        prefix_levels,
         vision_params,
         vision_tokens,
     )
@@ -388,8 +389,6 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
         cap.cfg = dataclasses.replace(cap.cfg, stage=stage)
         new = [int(x) for x in dict.fromkeys(add_layers) if int(x) not in cap.cfg.extra_layers]
         if new:
-            from recaption.captioners.clip_prefix import prefix_levels
-
             cap.cfg = dataclasses.replace(cap.cfg, extra_layers=cap.cfg.extra_layers + tuple(new))
             cap.model.add_levels(prefix_levels(cap.cfg, cap.clip)[1][-len(new):])
             log.info("prefix levels added to %s: tower hidden states %s (zero-initialised)", init, new)
