@@ -21,6 +21,20 @@ import shutil
 import time
 
 
+def parse_options(items: list[str]) -> dict:
+    """``["NAME=VALUE", ...]`` -> ``{NAME: VALUE}``, each value read as JSON where it parses (else a string)."""
+    out = {}
+    for kv in items:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"option {kv!r}: want NAME=VALUE")
+        try:
+            out[k] = json.loads(v)
+        except ValueError:  # a plain string
+            out[k] = v
+    return out
+
+
 def caption_and_audit(ckpt: str, held: list, images: list, mode: str, batch_size: int,
                       device: str = "cpu") -> dict:
     """Caption the held-out ``images`` (batched, greedy) with a checkpoint and audit them against ``held``'s truth:
@@ -72,6 +86,9 @@ def main() -> None:
     ap.add_argument("--desc-extra-layer", type=int, action="append", default=[],
                     help="descriptive stage: add this tower hidden state to the prefix (a multi-level prefix; "
                          "repeatable; 1 = the ResNet tower's first stage)")
+    ap.add_argument("--desc-option", action="append", default=[], metavar="NAME=VALUE",
+                    help="any other CaptionerTrainConfig field of the descriptive stage (a JSON value), e.g. "
+                         "batch_size=4 or dropout=0")
     ap.add_argument("--vision-lr-scale", type=float, default=0.5,
                     help="the tuned vision tower's LR relative to the LM's (with --finetune-vision)")
     ap.add_argument("--recon-weight", default="0,0,0",
@@ -102,6 +119,7 @@ def main() -> None:
 
     os.makedirs(args.out, exist_ok=True)
     boxes = [float(m) for m in args.stage_minutes.split(",")]
+    desc_options = parse_options(args.desc_option)
     recon = [float(w) for w in args.recon_weight.split(",")]
     bows = [float(w) for w in args.bow_weight.split(",")]
     lrs = [float(x) for x in args.stage_lr.split(",")]
@@ -148,7 +166,8 @@ def main() -> None:
                             CaptionerTrainConfig(stage=stage, steps=steps, finetune_size=args.finetune_size,
                                                  max_minutes=box, vision_lr_scale=args.vision_lr_scale,
                                                  recon_weight=w, lr=lr, bow_weight=bw,
-                                                 batch_size=args.alt_batch if stage == "alt" else 0),
+                                                 **{"batch_size": args.alt_batch if stage == "alt" else 0,
+                                                    **(desc_options if stage == "descriptive" else {})}),
                             init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
                             model_cfg=None if init else model_cfg, device=args.device, resume=False,
                             tokenizer_texts=None if init else tok_extra,

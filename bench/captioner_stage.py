@@ -43,19 +43,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_captioner import caption_and_audit
+    from bench_captioner import caption_and_audit, parse_options
     from probe_captioner import probe_lm
 
     from recaption.captioners.train_prefix import CaptionerTrainConfig, train_captioner
     from recaption.world.dataset import generate_records
 
-    extra = {}
-    for kv in args.train_option:
-        k, _, v = kv.partition("=")
-        try:
-            extra[k] = json.loads(v)
-        except ValueError:  # a plain string
-            extra[k] = v
+    extra = parse_options(args.train_option)
     cfg = CaptionerTrainConfig(stage=args.stage, steps=args.steps, lr=args.lr, max_minutes=args.minutes,
                                finetune_size=args.finetune_size, vision_lr_scale=args.vision_lr_scale, **extra)
     t = time.time()

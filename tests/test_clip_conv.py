@@ -187,3 +187,40 @@ def test_extra_layers_add_earlier_tower_stages_to_the_prefix_starting_from_zero(
     # resuming the finished run (same arguments) does not add the level twice
     train_captioner(records, out, train, init=alt, add_layers=[1])
     assert load_clip_prefix(out).model.level_dims == [16, 8]
+
+
+def test_a_later_stage_can_freeze_the_tuned_tower_and_change_dropout(tmp_path, conv_dir, records):
+    """``freeze_vision``: the stage trains mapper + LM on cached features and keeps the tower exactly as its init
+    left it (saved beside the checkpoint); ``dropout``: every dropout of the model is set, and saved so."""
+    from safetensors.torch import load_file
+
+    from recaption.captioners.clip_prefix import ClipPrefixConfig, load_clip_prefix
+    from recaption.captioners.train_prefix import CaptionerTrainConfig, train_captioner
+
+    alt = str(tmp_path / "alt")
+    train_captioner(records, alt, CaptionerTrainConfig(stage="alt", steps=2, batch_size=8, warmup=1, dropout=0.3),
+                    clip=conv_dir, model_cfg=ClipPrefixConfig(**{**TINY_PREFIX, "prefix_len": 0, "prefix_grid": 3}))
+    first = load_clip_prefix(alt)
+    assert first.cfg.dropout == 0.3 and first.model.lm.config.attn_pdrop == 0.3
+    assert {m.p for m in first.model.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+
+    out = str(tmp_path / "short")
+    train = CaptionerTrainConfig(stage="short", steps=3, batch_size=8, warmup=1, finetune_size="16", save_every=0,
+                                 freeze_vision=True, dropout=0.0)
+    train_captioner(records, out, train, init=alt)
+    cap = load_clip_prefix(out)
+    assert not cap.cfg.finetune_vision and cap.cfg.clip == "clip" and cap.cfg.dropout == 0.0
+    tower = "vision/model.safetensors"
+    a, b = load_file(os.path.join(alt, "clip", tower)), load_file(os.path.join(out, "clip", tower))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the tower as alt left it
+    wa, wb = load_file(os.path.join(alt, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)  # mapper + LM trained
+    assert {m.p for m in cap.model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    assert cap.model.lm.config.resid_pdrop == 0.0
+    feats = torch.randn(2, 10, sum(cap.model.level_dims))
+    ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])
+    cap.model.train()
+    torch.testing.assert_close(cap.model.loss(feats, ids, torch.tensor([4, 3])),
+                               cap.model.loss(feats, ids, torch.tensor([4, 3])))  # no dropout left in train mode
+    with pytest.raises(ValueError, match="dropout must be in"):
+        cap.model.set_dropout(1.0)

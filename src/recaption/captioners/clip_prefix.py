@@ -186,6 +186,18 @@ class ClipPrefixModel(torch.nn.Module):
             self.levels.append(nn.Sequential(nn.LayerNorm(int(dim)), lin).to(self.proj[1].weight.device))
             self.level_dims.append(int(dim))
 
+    def set_dropout(self, p: float) -> None:
+        """Every dropout of the mapper and the LM to ``p`` (and the LM config's dropout fields, so it saves so)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        for m in self.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = p
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout", "dropout"):
+            if isinstance(getattr(self.lm.config, name, None), float):
+                setattr(self.lm.config, name, p)
+        self.cfg = dataclasses.replace(self.cfg, dropout=p)
+
     def prefix(self, feats: Any) -> Any:
         """CLIP tokens ``(B, N, Dv)`` -> LM prefix embeddings ``(B, P, D)`` (P = prefix_len or N)."""
         feats = feats.float()

@@ -98,6 +98,8 @@ class CaptionerTrainConfig:
     bow_max_df: float = 0.5  # words in more than this share of the stage's captions are not bag-of-words targets
     hflip: float = 0.0  # > 0: chance of drawing an example mirrored, its caption's direction words swapped
     hflip_swap: str = "left:right"  # word pairs a mirror swaps, comma-separated (case kept)
+    freeze_vision: bool = False  # True: a tuned tower stays fixed from here on (features cached once)
+    dropout: float | None = None  # set: the mapper's and LM's dropout from this stage on (else the model's)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hflip <= 1.0:
@@ -401,10 +403,17 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
             train_clip(chosen, clip, ClipTrainConfig(text_field="alt", seed=cfg.seed), device=device)
         cap = build_captioner(texts + tokenizer_texts, clip,
                               dataclasses.replace(model_cfg or ClipPrefixConfig(), stage=stage), device)
+    if cfg.freeze_vision and cap.cfg.finetune_vision:  # the tower as init left it, its features cached once
+        cap.cfg = dataclasses.replace(cap.cfg, finetune_vision=False)
+        log.info("captioner stage %s: vision tower frozen (freeze_vision)", stage)
     tune = cap.cfg.finetune_vision
     if tune:
         cap.cfg = dataclasses.replace(cap.cfg, clip="clip")  # the tuned tower lives in the checkpoint
     cap.model.cfg = cap.cfg
+    if cfg.dropout is not None:
+        cap.model.set_dropout(cfg.dropout)
+        cap.cfg = cap.model.cfg
+        log.info("captioner stage %s: dropout %g", stage, cfg.dropout)
     cap.version = f"{stage}-{cfg.seed}-{len(chosen)}"
 
     t0 = time.time()

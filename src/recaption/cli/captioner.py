@@ -131,6 +131,12 @@ def captioner_train(
                  "(--hflip-swap); captions that quote text are never mirrored (0: off)."),
         hflip_swap: str = typer.Option("left:right", "--hflip-swap",
                                        help="Word pairs a mirror swaps, comma-separated ('left:right')."),
+        freeze_vision: bool = typer.Option(
+            False, "--freeze-vision",
+            help="With an --init whose tower was tuned: keep the tower as it is in this stage (and later ones); "
+                 "its features are cached once, so a step is cheaper."),
+        dropout: float = typer.Option(
+            None, "--dropout", help="Set the mapper's and LM's dropout from this stage on (default: the model's)."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
         max_minutes: float = typer.Option(0.0, "--max-minutes",
                                           help="Time box for this run: stop and save after this many minutes "
@@ -143,7 +149,8 @@ def captioner_train(
     cfg = CaptionerTrainConfig(stage=stage.value, steps=steps, batch_size=batch_size, lr=lr,
                                finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
                                vision_lr_scale=vision_lr_scale, recon_weight=recon_weight, bow_weight=bow_weight,
-                               hflip=hflip, hflip_swap=hflip_swap)
+                               hflip=hflip, hflip_swap=hflip_swap, freeze_vision=freeze_vision,
+                               dropout=dropout)
     model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool, prefix_grid=prefix_grid,
                                  lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads,
                                  extra_layers=tuple(extra_layer or ()))
