@@ -224,3 +224,5 @@ def test_a_later_stage_can_freeze_the_tuned_tower_and_change_dropout(tmp_path, c
                                cap.model.loss(feats, ids, torch.tensor([4, 3])))  # no dropout left in train mode
     with pytest.raises(ValueError, match="dropout must be in"):
         cap.model.set_dropout(1.0)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        CaptionerTrainConfig(dropout=-0.1)  # refused before any data is read
