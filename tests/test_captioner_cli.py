@@ -81,6 +81,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "hflip_swap" in capsys.readouterr().err
     assert run(base + ["--prefix-grid", "3", "--prefix-pool", "2"]) == 2
     assert "not both" in capsys.readouterr().err
+    assert run(base + ["--shift", "-1"]) == 2
+    assert "shift must be a whole number" in capsys.readouterr().err
 
 
 @pytest.mark.slow

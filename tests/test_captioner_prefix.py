@@ -513,3 +513,63 @@ def test_hflip_mirrors_image_and_caption_together_and_resumes_exactly(tmp_path, 
     assert run(tmp_path / "resumed")["resumed_from"] == 3
     a, b = (load_clip_prefix(str(tmp_path / d)).model.state_dict() for d in ("flip", "resumed"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_shift_images_moves_by_whole_pixels_and_repeats_the_edges():
+    from recaption.captioners.train_prefix import shift_images
+
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.uint8).view(2, 3, 5, 6)
+    y = shift_images(x, torch.tensor([[2, 0], [-1, 3]]))
+    assert y.dtype == torch.uint8 and y.shape == x.shape
+    assert torch.equal(y[0, :, :, 2:], x[0, :, :, :4])  # 2 px to the right
+    assert torch.equal(y[0, :, :, 0], x[0, :, :, 0]) and torch.equal(y[0, :, :, 1], x[0, :, :, 0])  # edge repeated
+    assert torch.equal(y[1, :, 3:, :5], x[1, :, :2, 1:])  # 1 px left, 3 px down
+    assert torch.equal(y[1, :, 0, :5], x[1, :, 0, 1:]) and torch.equal(y[1, :, :, 5], y[1, :, :, 4])
+    assert torch.equal(shift_images(x, torch.zeros(2, 2, dtype=torch.long)), x)
+    with pytest.raises(ValueError, match="offsets"):
+        shift_images(x, torch.zeros(3, 2, dtype=torch.long))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="shift must be"):
+            CaptionerTrainConfig(shift=bad)
+
+
+def test_shift_moves_what_the_tuned_tower_sees_and_resumes_exactly(tmp_path, records, alt_dir, monkeypatch):
+    import itertools
+
+    import recaption.captioners.clip_prefix as cp
+    from recaption.captioners.train_prefix import shift_images
+    from recaption.clip.data import load_pixels
+
+    seen = []
+    real_tokens = cp.vision_tokens
+
+    def tokens(enc, px, cfg, with_grid=False):
+        if enc.model.training:  # the training steps, not the captioning a checkpoint may do
+            seen.append(px.clone())
+        return real_tokens(enc, px, cfg, with_grid)
+
+    def run(out, steps=6, **kw):
+        return train_captioner(records, str(out), CaptionerTrainConfig(
+            stage="descriptive", steps=steps, batch_size=8, warmup=1, finetune_size="10", save_every=3, shift=2,
+            **kw), init=alt_dir)
+
+    monkeypatch.setattr(cp, "vision_tokens", tokens)
+    run(tmp_path / "shift")
+    monkeypatch.setattr(cp, "vision_tokens", real_tokens)
+    chosen, _ = select_examples(records, "descriptive", "10")
+    px = load_pixels(chosen, 64)
+    offsets = list(itertools.product(range(-2, 3), repeat=2))
+    moved = {}  # each image the tower saw is one of the chosen images moved by at most 2 px each way
+    for p in torch.cat(seen):
+        hits = [(j, o) for j in range(len(chosen)) for o in offsets
+                if torch.equal(p, shift_images(px[j:j + 1], torch.tensor([o]))[0])]
+        assert hits, "an image the tower saw is not a chosen image moved by <= 2 px"
+        moved[hits[0][1]] = moved.get(hits[0][1], 0) + 1
+    assert len(seen) == 6 and len(moved) > 5 and sum(n for o, n in moved.items() if o != (0, 0)) > 24, moved
+    # drawn from the run's generator: a killed and resumed run moves the same examples the same way
+    killed_at_step_5(monkeypatch, lambda: run(tmp_path / "resumed"))
+    assert run(tmp_path / "resumed")["resumed_from"] == 3
+    a, b = (load_clip_prefix(str(tmp_path / d)).model.state_dict() for d in ("shift", "resumed"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(ValueError, match="tuned vision tower"):
+        run(tmp_path / "frozen", freeze_vision=True)

@@ -22,6 +22,11 @@ swapped (``hflip_swap``, "left:right"), so a small fine-tune set shows each scen
 quotation mark (text in the image, which a mirror garbles) are never mirrored. Measured in the world at 0.5 in one
 18-minute descriptive stage it did worse (attribute recall 0.650 -> 0.577; bench/RESULTS.md, "A token per cell ..."):
 off by default.
+``shift`` moves each drawn image (tuned tower only) by a random whole number of pixels in ``[-shift, shift]`` along
+each axis, edge pixels repeated into the gap (:func:`shift_images`): the caption still holds (objects stay in their
+grid cells: a world object's centre lies at least 6 px inside its cell at 64 px; relations are relative; an object at
+the image border may lose a few edge pixels), and the tower sees each texture at other phases relative to its
+strided stem, against the overfitting of a small set.
 Checkpoints hold their config (inside and beside) and a ``train_state.pt`` (optimizer, step, RNG, the
 reconstruction head): a run restarted with the same arguments resumes where it stopped.
 """
@@ -100,6 +105,7 @@ class CaptionerTrainConfig:
     hflip_swap: str = "left:right"  # word pairs a mirror swaps, comma-separated (case kept)
     freeze_vision: bool = False  # True: a tuned tower stays fixed from here on (features cached once)
     dropout: float | None = None  # set: the mapper's and LM's dropout from this stage on (else the model's)
+    shift: int = 0  # > 0 (tuned tower): each drawn image moved by up to this many pixels each way, edges repeated
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hflip <= 1.0:
@@ -107,6 +113,8 @@ class CaptionerTrainConfig:
         swap_pairs(self.hflip_swap)  # fails early on a malformed list
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.shift, int) or isinstance(self.shift, bool) or self.shift < 0:
+            raise ValueError(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
 
     def resolved(self) -> CaptionerTrainConfig:
         return dataclasses.replace(self, steps=self.steps or DEFAULT_STEPS[self.stage],
@@ -141,6 +149,22 @@ def mirror_caption(text: str, pairs: list[tuple[str, str]]) -> str | None:
         return out.upper() if w.isupper() and len(w) > 1 else out.capitalize() if w[0].isupper() else out
 
     return pattern.sub(repl, text) if pattern else text
+
+
+def shift_images(pixels: Any, offsets: Any) -> Any:
+    """``(B, C, H, W)`` images moved by ``offsets`` ``(B, 2)`` whole pixels (dx right, dy down), each gap filled by
+    repeating the edge row or column (the world's backgrounds are flat, so the gap looks like background)."""
+    import torch
+
+    B, _, H, W = pixels.shape
+    if offsets.shape != (B, 2):
+        raise ValueError(f"offsets must be ({B}, 2), got {tuple(offsets.shape)}")
+    out = torch.empty_like(pixels)
+    for i, (dx, dy) in enumerate(offsets.tolist()):
+        ys = (torch.arange(H) - dy).clamp(0, H - 1)
+        xs = (torch.arange(W) - dx).clamp(0, W - 1)
+        out[i] = pixels[i][:, ys][:, :, xs]
+    return out
 
 
 def read_pairs(path: str) -> dict[str, str]:
@@ -409,6 +433,9 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
         cap.cfg = dataclasses.replace(cap.cfg, finetune_vision=False)
         log.info("captioner stage %s: vision tower frozen (freeze_vision)", stage)
     tune = cap.cfg.finetune_vision
+    if cfg.shift and not tune:
+        raise ValueError("shift moves the images the tower sees: it needs a tuned vision tower (finetune_vision, "
+                         "and no freeze_vision)")
     if tune:
         cap.cfg = dataclasses.replace(cap.cfg, clip="clip")  # the tuned tower lives in the checkpoint
     cap.model.cfg = cap.cfg
@@ -506,6 +533,8 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
             bx = torch.where(flip.view(-1, *[1] * (bx.dim() - 1)), mirror[1][b], bx)
             b_ids = torch.where(flip[:, None], mirror[2][b], b_ids)
             b_len = torch.where(flip, mirror[3][b], b_len)
+        if cfg.shift:  # drawn from the same generator too: a resumed run moves the same examples the same way
+            bx = shift_images(bx, torch.randint(-cfg.shift, cfg.shift + 1, (len(b), 2), generator=gen))
         L = int(b_len.max())
         if head is not None:  # the tower's map feeds the LM and, for the first recon_batch images, the head
             x, fmap = vision_tokens(cap.clip, bx, cap.cfg, with_grid=True)

@@ -137,6 +137,10 @@ def captioner_train(
                  "its features are cached once, so a step is cheaper."),
         dropout: float = typer.Option(
             None, "--dropout", help="Set the mapper's and LM's dropout from this stage on (default: the model's)."),
+        shift: int = typer.Option(
+            0, "--shift",
+            help="With a tuned tower: move each drawn image by up to this many pixels each way, edges repeated "
+                 "(an augmentation that keeps the caption true; 0: off)."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
         max_minutes: float = typer.Option(0.0, "--max-minutes",
                                           help="Time box for this run: stop and save after this many minutes "
@@ -150,7 +154,7 @@ def captioner_train(
                                finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
                                vision_lr_scale=vision_lr_scale, recon_weight=recon_weight, bow_weight=bow_weight,
                                hflip=hflip, hflip_swap=hflip_swap, freeze_vision=freeze_vision,
-                               dropout=dropout)
+                               dropout=dropout, shift=shift)
     model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool, prefix_grid=prefix_grid,
                                  lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads,
                                  extra_layers=tuple(extra_layer or ()))
