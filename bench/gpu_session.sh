@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU session (the `device` tool: one H100/H200, 16 cores, no network, ~10 minutes a call), prepared to
 # run as ONE command from the repository root with `carry: [".whl"]` (diffusers, webdataset and braceexpand
-# wheels; the device image has torch, transformers, accelerate, tokenizers, rich, pyarrow).
+# wheels, made by `bash bench/make_wheels.sh`; the device image has torch, transformers, accelerate, tokenizers,
+# rich, pyarrow).
 #
 # Side by side on the one GPU, each job time-boxed so that all end inside BUDGET seconds:
 #   A. bench/world_t2i.py: world VAE (vae-world-large, LATENT_A channels) -> oracle exact-scene rate on 300
