@@ -58,7 +58,9 @@ INIT=""; [ -n "$VAE_INIT" ] && INIT="--vae-init $VAE_INIT --vae-lr ${VAE_LR:-5e-
 [ -n "${UNET_INIT:-}" ] && INIT="--init-model $UNET_INIT --seed ${SEED:-$(date +%s)}"
 # VAE_DECODER_ONLY=1: fine-tune only the decoder of VAE_INIT's (or UNET_INIT's) VAE; latents unchanged, so a
 # UNET_INIT U-Net then goes on with the new decoder (VAE_MIN minutes for it, at VAE_LR, default 5e-4)
-[ "${VAE_DECODER_ONLY:-0}" = 1 ] && INIT="$INIT --vae-decoder-only --vae-lr ${VAE_LR:-5e-4}"
+if [ "${VAE_DECODER_ONLY:-0}" = 1 ]; then  # --vae-lr once: VAE_INIT's line above may have set it
+  INIT="$INIT --vae-decoder-only"; case "$INIT" in *--vae-lr*) ;; *) INIT="$INIT --vae-lr ${VAE_LR:-5e-4}";; esac
+fi
 case " $JOBS " in *" A "*)
 OMP_NUM_THREADS=5 python3 bench/world_t2i.py $WQ --out /tmp/wA --latent-channels "$LATENT_A" --vae-minutes "$VAE_MIN" \
   --unet-minutes "$UNET_MIN" --text-mode "${TEXT_MODE:-pretrain}" $INIT ${UNET_BATCH:+--unet-batch $UNET_BATCH} --results "$R/t2i_A.json" 2>&1 | grep --line-buffered -v "$F" > "$R/t2i_A.log" &

@@ -162,6 +162,9 @@ def test_extra_layers_add_earlier_tower_stages_to_the_prefix_starting_from_zero(
         vision_levels(enc, px, ClipPrefixConfig(**{**TINY_PREFIX, "prefix_len": 0, "extra_layers": [7]}))
     with pytest.raises(ValueError, match="needs prefix='patch'"):
         ClipPrefixConfig(prefix="pooled", extra_layers=(1,))
+    for bad in ((-1,), (1, 1)):  # a negative index could name a level twice; so does a repeated one
+        with pytest.raises(ValueError, match="distinct hidden-state index"):
+            ClipPrefixConfig(**{**TINY_PREFIX, "prefix_len": 0, "extra_layers": bad})
 
     alt = str(tmp_path / "alt")
     train_captioner(records, alt, CaptionerTrainConfig(stage="alt", steps=2, batch_size=8, warmup=1), clip=conv_dir,

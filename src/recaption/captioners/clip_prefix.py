@@ -96,6 +96,11 @@ class ClipPrefixConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra_layers", tuple(int(x) for x in self.extra_layers))  # a JSON list -> tuple
+        bad = [x for x in self.extra_layers if x < 0] or [x for x in set(self.extra_layers)
+                                                          if self.extra_layers.count(x) > 1]
+        if bad:  # counted from the input (0: the embeddings), so that no hidden state can be named twice
+            raise ValueError(f"extra_layers {list(self.extra_layers)}: each must be a distinct hidden-state index "
+                             f">= 0 (0 = the tower's embeddings); got {bad[0]}")
         if self.extra_layers and self.prefix != "patch":
             raise ValueError("extra_layers needs prefix='patch' (a pooled prefix has no token grid)")
         if self.stage not in STAGES:
@@ -324,7 +329,7 @@ def vision_levels(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, with_grid: b
     side = grid.shape[-1]
     levels = [h]
     for layer in cfg.extra_layers:
-        if not -len(hidden) <= layer < len(hidden):
+        if not 0 <= layer < len(hidden):
             raise ValueError(f"extra_layers: the tower has {len(hidden)} hidden states, no layer {layer}")
         e_cls, e_map = token_map(hidden[layer])
         if e_map.shape[-1] < side:

@@ -106,7 +106,8 @@ def captioner_train(
                                              "(3 matches the shapes world's 3x3 layout; 0: off)."),
         extra_layer: list[int] = typer.Option(
             None, "--extra-layer",
-            help="Also feed this hidden state of the vision tower to the prefix (repeatable; a multi-level prefix: "
+            help="Also feed this hidden state of the vision tower to the prefix (an index >= 0, 0 = its embeddings; "
+                 "repeatable; a multi-level prefix: "
                  "for the world's ResNet tower, 1 = its first 16x16 stage). With --init, added to the loaded "
                  "model, starting from zero so the run begins where the checkpoint left off."),
         tokenizer_texts: list[str] = typer.Option(
