@@ -83,6 +83,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     assert run(base + ["--shift", "-1"]) == 2
     assert "shift must be a whole number" in capsys.readouterr().err
+    assert run(base + ["--ema", "1"]) == 2
+    assert "ema must be a decay in [0, 1)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -573,3 +573,45 @@ def test_shift_moves_what_the_tuned_tower_sees_and_resumes_exactly(tmp_path, rec
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(ValueError, match="tuned vision tower"):
         run(tmp_path / "frozen", freeze_vision=True)
+
+
+def test_ema_checkpoint_holds_the_average_and_training_goes_on_exactly(tmp_path, records, alt_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    def run(out, steps=6, **kw):
+        return train_captioner(records, str(out), CaptionerTrainConfig(
+            stage="descriptive", steps=steps, batch_size=8, warmup=1, finetune_size="10", save_every=3, **kw),
+            init=alt_dir)
+
+    def weights(out):
+        return load_clip_prefix(str(tmp_path / out)).model.state_dict()
+
+    # one step: the average is d * init + (1 - d) * the step's weights, d = min(ema, 2 / 11)
+    run(tmp_path / "plain1", steps=1)
+    run(tmp_path / "ema1", steps=1, ema=0.9)
+    w0, w1, avg = weights(alt_dir), weights("plain1"), weights("ema1")
+    state = torch.load(str(tmp_path / "ema1" / "train_state.pt"), weights_only=False)
+    d = 2 / 11
+    names = [n for n, _ in load_clip_prefix(str(tmp_path / "ema1")).model.named_parameters()]
+    moved = 0
+    for k in names:
+        torch.testing.assert_close(avg[k], d * w0[k] + (1 - d) * w1[k], rtol=0, atol=1e-6)
+        moved += not torch.equal(w0[k], w1[k])
+    assert moved > len(names) // 2
+    # the state keeps the training weights, the plain run's (the model's first, then the tuned tower's)
+    assert all(torch.equal(t, w1[k]) for t, k in zip(state["training_weights"], names))
+    # averaging does not change training: six steps' training weights equal the plain run's; the files differ
+    run(tmp_path / "plain", steps=6)
+    run(tmp_path / "ema", steps=6, ema=0.9)
+    tw = torch.load(str(tmp_path / "ema" / "train_state.pt"), weights_only=False)["training_weights"]
+    plain, ema = weights("plain"), weights("ema")
+    assert all(torch.allclose(t, plain[k], atol=1e-6) for t, k in zip(tw, names))
+    assert sum(not torch.allclose(plain[k], ema[k], atol=1e-4) for k in names) > len(names) // 2
+    # killed after step 3 and resumed: the same average and the same tuned tower as six steps straight
+    killed_at_step_5(monkeypatch, lambda: run(tmp_path / "resumed", ema=0.9))
+    assert run(tmp_path / "resumed", ema=0.9)["resumed_from"] == 3
+    for part in ("model.safetensors", "clip/model.safetensors"):
+        x, y = load_file(str(tmp_path / "ema" / part)), load_file(str(tmp_path / "resumed" / part))
+        assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=1e-6) for k in x), part
+    with pytest.raises(ValueError, match="ema must be a decay"):
+        CaptionerTrainConfig(ema=1.0)

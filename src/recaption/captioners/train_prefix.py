@@ -27,6 +27,9 @@ each axis, edge pixels repeated into the gap (:func:`shift_images`): the caption
 grid cells: a world object's centre lies at least 6 px inside its cell at 64 px; relations are relative; an object at
 the image border may lose a few edge pixels), and the tower sees each texture at other phases relative to its
 strided stem, against the overfitting of a small set.
+``ema`` keeps an exponential moving average of the trained weights (mapper, LM and a tuned tower; decay
+``min(ema, (1 + n) / (10 + n))`` after step n, so a short run is not held at its start): the checkpoint holds the
+average, which is what captions, and ``train_state.pt`` the training weights, so a resumed run goes on exactly.
 Checkpoints hold their config (inside and beside) and a ``train_state.pt`` (optimizer, step, RNG, the
 reconstruction head): a run restarted with the same arguments resumes where it stopped.
 """
@@ -106,6 +109,7 @@ class CaptionerTrainConfig:
     freeze_vision: bool = False  # True: a tuned tower stays fixed from here on (features cached once)
     dropout: float | None = None  # set: the mapper's and LM's dropout from this stage on (else the model's)
     shift: int = 0  # > 0 (tuned tower): each drawn image moved by up to this many pixels each way, edges repeated
+    ema: float = 0.0  # > 0: the checkpoint holds this decay's moving average of the weights (0: the last weights)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hflip <= 1.0:
@@ -115,6 +119,8 @@ class CaptionerTrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not isinstance(self.shift, int) or isinstance(self.shift, bool) or self.shift < 0:
             raise ValueError(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be a decay in [0, 1), got {self.ema}")
 
     def resolved(self) -> CaptionerTrainConfig:
         return dataclasses.replace(self, steps=self.steps or DEFAULT_STEPS[self.stage],
@@ -504,11 +510,31 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
+    averaged = groups[0]["params"] + (groups[1]["params"] if tune else [])  # mapper + LM (+ the tuned tower)
+    # the average starts from the weights as loaded: init's, or, resumed, the average the checkpoint holds
+    ema = [p.detach().clone() for p in averaged] if cfg.ema else None
+    if state is not None and "training_weights" in state:  # an averaging run: its state holds the weights to go on
+        with torch.no_grad():
+            for p, w in zip(averaged, state["training_weights"], strict=True):
+                p.copy_(w)
 
     def checkpoint(step: int, extra: dict) -> None:
-        cap.save(out, extra={"train": dataclasses.asdict(cfg), "n_examples": len(keys), **extra})
+        weights = None
+        if ema is not None:  # the files hold the average (what captions); the state the weights training goes on with
+            weights = [p.detach().clone() for p in averaged]
+            with torch.no_grad():
+                for p, e in zip(averaged, ema, strict=True):
+                    p.copy_(e)
+        try:
+            cap.save(out, extra={"train": dataclasses.asdict(cfg), "n_examples": len(keys), **extra})
+        finally:
+            if weights is not None:
+                with torch.no_grad():
+                    for p, w in zip(averaged, weights, strict=True):
+                        p.copy_(w)
         torch.save({"stage": stage, "step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(), "train": dataclasses.asdict(cfg),
+                    **({"training_weights": weights} if weights is not None else {}),
                     **({"recon_head": head.state_dict()} if head is not None else {}),
                     **({"bow_head": bow.state_dict()} if bow is not None else {})}, state_path + ".tmp")
         os.replace(state_path + ".tmp", state_path)
@@ -555,6 +581,11 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
         opt.step()
         losses.append(loss.detach())
         done = step + 1
+        if ema is not None:
+            decay = min(cfg.ema, (1 + done) / (10 + done))
+            with torch.no_grad():
+                for e, p in zip(ema, averaged, strict=True):
+                    e.lerp_(p.detach(), 1.0 - decay)
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             rec = f", reconstruction {float(torch.stack(rec_losses[-100:]).mean()):.4f}" if rec_losses else ""
             rec += f", bag of words {float(torch.stack(bow_losses[-100:]).mean()):.4f}" if bow_losses else ""

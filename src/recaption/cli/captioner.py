@@ -142,6 +142,10 @@ def captioner_train(
             0, "--shift",
             help="With a tuned tower: move each drawn image by up to this many pixels each way, edges repeated "
                  "(an augmentation that keeps the caption true; 0: off)."),
+        ema: float = typer.Option(
+            0.0, "--ema",
+            help="Save a moving average of the weights with this decay (e.g. 0.999) instead of the last weights; "
+                 "the training weights are kept in the train state, so a resumed run goes on exactly (0: off)."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
         max_minutes: float = typer.Option(0.0, "--max-minutes",
                                           help="Time box for this run: stop and save after this many minutes "
@@ -155,7 +159,7 @@ def captioner_train(
                                finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
                                vision_lr_scale=vision_lr_scale, recon_weight=recon_weight, bow_weight=bow_weight,
                                hflip=hflip, hflip_swap=hflip_swap, freeze_vision=freeze_vision,
-                               dropout=dropout, shift=shift)
+                               dropout=dropout, shift=shift, ema=ema)
     model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool, prefix_grid=prefix_grid,
                                  lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads,
                                  extra_layers=tuple(extra_layer or ()))
