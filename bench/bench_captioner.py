@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--desc-option", action="append", default=[], metavar="NAME=VALUE",
                     help="any other CaptionerTrainConfig field of the descriptive stage (a JSON value), e.g. "
                          "batch_size=4 or dropout=0")
+    ap.add_argument("--short-option", action="append", default=[], metavar="NAME=VALUE",
+                    help="the same for the short stage, e.g. shift=2")
     ap.add_argument("--vision-lr-scale", type=float, default=0.5,
                     help="the tuned vision tower's LR relative to the LM's (with --finetune-vision)")
     ap.add_argument("--recon-weight", default="0,0,0",
@@ -120,6 +122,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     boxes = [float(m) for m in args.stage_minutes.split(",")]
     desc_options = parse_options(args.desc_option)
+    stage_options = {"short": parse_options(args.short_option), "descriptive": desc_options}
     recon = [float(w) for w in args.recon_weight.split(",")]
     bows = [float(w) for w in args.bow_weight.split(",")]
     lrs = [float(x) for x in args.stage_lr.split(",")]
@@ -167,7 +170,7 @@ def main() -> None:
                                                  max_minutes=box, vision_lr_scale=args.vision_lr_scale,
                                                  recon_weight=w, lr=lr, bow_weight=bw,
                                                  **{"batch_size": args.alt_batch if stage == "alt" else 0,
-                                                    **(desc_options if stage == "descriptive" else {})}),
+                                                    **stage_options.get(stage, {})}),
                             init=f"{args.out}/{init}" if init else None, clip=f"{args.out}/clip" if not init else None,
                             model_cfg=None if init else model_cfg, device=args.device, resume=False,
                             tokenizer_texts=None if init else tok_extra,
