@@ -121,8 +121,7 @@ def main() -> None:
 
     os.makedirs(args.out, exist_ok=True)
     boxes = [float(m) for m in args.stage_minutes.split(",")]
-    desc_options = parse_options(args.desc_option)
-    stage_options = {"short": parse_options(args.short_option), "descriptive": desc_options}
+    stage_options = {"short": parse_options(args.short_option), "descriptive": parse_options(args.desc_option)}
     recon = [float(w) for w in args.recon_weight.split(",")]
     bows = [float(w) for w in args.bow_weight.split(",")]
     lrs = [float(x) for x in args.stage_lr.split(",")]
