@@ -36,9 +36,10 @@ def parse_options(items: list[str]) -> dict:
 
 
 def caption_and_audit(ckpt: str, held: list, images: list, mode: str, batch_size: int,
-                      device: str = "cpu") -> dict:
+                      device: str = "cpu", captions_out: str | None = None) -> dict:
     """Caption the held-out ``images`` (batched, greedy) with a checkpoint and audit them against ``held``'s truth:
-    the audit's figures, ``images_per_second`` and three example captions."""
+    the audit's figures, ``images_per_second`` and three example captions. ``captions_out``: also write the captions
+    there (``recaption caption``'s JSONL), so a later audit needs no captioner."""
     from recaption.captioners.clip_prefix import load_clip_prefix
     from recaption.eval.audit import audit
 
@@ -47,6 +48,10 @@ def caption_and_audit(ckpt: str, held: list, images: list, mode: str, batch_size
     t = time.time()
     caps = cap.caption(images, mode)
     secs = time.time() - t
+    if captions_out:
+        with open(captions_out, "w") as f:
+            for r, c in zip(held, caps, strict=True):
+                f.write(json.dumps({"key": r.key, "caption": c, "mode": mode, "provenance": {"captioner": ckpt}}) + "\n")
     report = audit(held, {r.key: c for r, c in zip(held, caps, strict=True)}, mode=mode)
     per = report.pop("per_caption")
     report["images_per_second"] = round(len(images) / secs, 2)
@@ -184,7 +189,8 @@ def main() -> None:
     console = Console()
     for stage, mode in (("alt", "short"), ("alt", "descriptive"), ("short", "short"),
                         ("descriptive", "descriptive")):
-        report = caption_and_audit(f"{args.out}/{stage}", held, images, mode, args.batch_size, args.device)
+        report = caption_and_audit(f"{args.out}/{stage}", held, images, mode, args.batch_size, args.device,
+                                   captions_out=f"{args.out}/{stage}/heldout_{mode}.jsonl")
         res[f"audit_{stage}_{mode}"] = report
         console.print(audit_table(report, title=f"stage {stage}, mode {mode}: {report['images_per_second']} img/s"))
         for c in report["examples"]:
@@ -199,6 +205,7 @@ def main() -> None:
         "dsc_hallucination_rate": res["audit_descriptive_descriptive"]["hallucination_rate"],
         "dsc_count_accuracy": res["audit_descriptive_descriptive"]["count_accuracy"],
         "dsc_relation_accuracy": res["audit_descriptive_descriptive"]["relation_accuracy"],
+        "dsc_fill_accuracy_given_object": res["audit_descriptive_descriptive"].get("fill_accuracy_given_object"),
         "ssc_names_main_subjects": res["audit_short_short"]["names_main_subjects"],
         "ssc_words_per_caption": res["audit_short_short"]["words_per_caption"],
         "ssc_words_max": res["audit_short_short"]["words_max"],

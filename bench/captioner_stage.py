@@ -60,7 +60,8 @@ def main() -> None:
     res["train"] = train_captioner(train, args.out, cfg, init=args.init, device="cpu", resume=False,
                                    add_layers=args.extra_layer)
     res["train"]["wall_seconds"] = round(time.time() - t, 1)
-    report = caption_and_audit(args.out, held, [r.pil() for r in held], args.stage, args.batch_size)
+    report = caption_and_audit(args.out, held, [r.pil() for r in held], args.stage, args.batch_size,
+                               captions_out=os.path.join(args.out, f"heldout_{args.stage}.jsonl"))
     res["audit"] = report
     if args.stage == "descriptive":
         res["fill_probe_heldout"] = {k: v for k, v in probe_lm(args.out, "fill", 400, "heldout").items()
@@ -68,6 +69,7 @@ def main() -> None:
     keys = ("steps", "wall_seconds", "final_loss")
     figs = ("attribute_recall", "hallucination_rate", "count_accuracy", "relation_accuracy", "recall_shape",
             "recall_color", "recall_size", "recall_fill", "names_main_subjects", "object_precision",
+            "objects_named", "size_accuracy_given_object", "fill_accuracy_given_object",
             "degenerate_share", "words_per_caption", "images_per_second")
     res["summary"] = {**{k: res["train"].get(k) for k in keys}, **{k: report.get(k) for k in figs},
                       "fill_probe_argmax": res.get("fill_probe_heldout", {}).get("argmax_accuracy")}

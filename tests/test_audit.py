@@ -38,7 +38,8 @@ SCENE = Scene(background="black", objects=(
 def test_true_descriptive_captions_score_perfectly(records):
     rep = audit(records, {r.key: truth_caption(r, "descriptive") for r in records}, mode="descriptive")
     for k in ("object_precision", "object_recall", "attribute_precision", "attribute_recall", "count_accuracy",
-              "relation_accuracy", "text_accuracy", "names_main_subjects"):
+              "relation_accuracy", "text_accuracy", "names_main_subjects", "objects_named",
+              "size_accuracy_given_object", "fill_accuracy_given_object"):
         assert rep[k] == 1.0, k
     assert rep["hallucination_rate"] == 0.0 and rep["degenerate_share"] == 0.0
     assert rep["count_claims"] > 0 and rep["relation_claims"] > 0 and rep["text_cases"] > 0
@@ -76,6 +77,31 @@ def test_wrong_details_are_caught(vocab):
     # a binding error: every word exists in the scene, but not together
     swap = audit_world_caption("A small solid red square.", SCENE, vocab)
     assert swap["named_absent"] == 0 and swap["attrs_named_ok"] < swap["attrs_named"] and swap["mentions_fit"] == 0
+
+
+def test_attributes_given_the_object(vocab):
+    """A wrong fill uncredits the size beside it in the recalls, but not in the given-object accuracies."""
+    from recaption.eval.audit import summarise_world
+
+    row = audit_world_caption("Two large dotted red circles. A small solid blue square. A large green star.",
+                              SCENE, vocab)
+    assert row["attr_ok_size"] == 1 and row["attr_ok_fill"] == 1  # only the square's mention fits
+    assert row["objects_named"] == 3
+    assert row["given_total_size"] == 3 and row["given_ok_size"] == 3
+    assert row["given_total_fill"] == 3 and row["given_ok_fill"] == 1  # the circles are striped, not dotted
+    # two objects of one colour and shape: each is right when some mention of that pair states its value
+    scene = Scene(background="black", objects=(Obj("circle", "red", "large", "striped", 0, 0),
+                                               Obj("circle", "red", "small", "dotted", 0, 2)))
+    row = audit_world_caption("A large striped red circle and a small striped red circle.", scene, vocab)
+    assert (row["given_ok_size"], row["given_ok_fill"], row["given_total_fill"]) == (2, 1, 2)
+    # an object named without colour, or a mention without the attribute, is not judged on it
+    row = audit_world_caption("A striped circle. A blue square.", SCENE, vocab)
+    assert row["objects_named"] == 1 and row.get("given_total_fill", 0) == row.get("given_total_size", 0) == 0
+    rep = summarise_world([audit_world_caption("Two large dotted red circles. A small solid blue square.", SCENE,
+                                               vocab)])
+    assert rep["objects_named"] == 1.0 and rep["size_accuracy_given_object"] == 1.0
+    assert rep["fill_accuracy_given_object"] == pytest.approx(1 / 3, abs=1e-3) and rep["recall_size"] == pytest.approx(
+        1 / 3, abs=1e-3)
 
 
 def test_background_and_ground_colours_are_not_objects(vocab):

@@ -17,7 +17,12 @@ with the world's vocabulary (:mod:`recaption.world.scene`, fill synonyms from :m
 - ``text_accuracy``: scenes with a sign whose caption quotes its text exactly, and captions that quote a
   text where there is no sign count as wrong;
 - ``names_main_subjects``: every (colour, shape) group named with both words (and the sign, if any) —
-  the SSC criterion; ``words_per_caption``.
+  the SSC criterion; ``words_per_caption``;
+- ``<attr>_accuracy_given_object`` (size, fill): of the objects named by their colour and shape whose mention
+  also states that attribute, the share stated right (any such mention stating the object's value counts), and
+  ``objects_named``, the share of objects some mention names by colour and shape. The recalls above credit an
+  attribute only through a mention whose every word fits, so one wrong fill uncredits the size beside it; these
+  say which attribute a caption gets wrong once it has found the object.
 
 For any data: length and vocabulary statistics, the share of boilerplate openers ("The image depicts…"),
 degenerate repetition (a word 3+ times in a row, a span repeated back to back, a sentence twice), and the share of captions over
@@ -53,6 +58,7 @@ _WORDS = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
            "single": 1, "pair": 2}
 ATTRS = ("shape", "color", "size", "fill")
+GIVEN_ATTRS = ("size", "fill")  # judged given an object named by its colour and shape
 
 
 # -- vocabulary -------------------------------------------------------------------------------------------
@@ -227,6 +233,14 @@ def audit_world_caption(caption: str, scene: Any, v: Vocab) -> dict[str, Any]:
                              r"(?:shapes|objects|things|figures|items)\b", caption.lower()):
         r["count_claims"] += 1
         r["count_ok"] += (NUMBERS.get(n_word) or int(n_word)) == len(objs)
+    for o in objs:  # per attribute, given the object is named by its colour and shape
+        same = [m for m in mentions if m.shape == o.shape and m.attrs.get("color") == o.color]
+        r["objects_named"] += bool(same)
+        for a in GIVEN_ATTRS:
+            stated = {m.attrs[a] for m in same if a in m.attrs}
+            if stated:
+                r[f"given_total_{a}"] += 1
+                r[f"given_ok_{a}"] += getattr(o, a) in stated
     r["objects"] = len(objs)
     r["objects_covered"] = len({i for i, a in covered_attrs if a == "shape"})
     for a in ATTRS:
@@ -271,6 +285,8 @@ def summarise_world(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "text_accuracy": _ratio(t["text_ok"], t["text_cases"]),
         "text_cases": t["text_cases"],
         "names_main_subjects": _ratio(t["main_subjects_ok"], len(rows)),
+        "objects_named": _ratio(t["objects_named"], t["objects"]),
+        **{f"{a}_accuracy_given_object": _ratio(t[f"given_ok_{a}"], t[f"given_total_{a}"]) for a in GIVEN_ATTRS},
     }
     return out
 
@@ -378,7 +394,8 @@ def audit_file(input: str, captions_path: str, out: str | None = None, clip_toke
 FIGURES = ("matched", "words_per_caption", "words_max", "vocabulary_size", "boilerplate_share", "degenerate_share",
            "over_77_tokens_share", "object_precision", "object_recall", "attribute_precision", "attribute_recall",
            "recall_shape", "recall_color", "recall_size", "recall_fill", "hallucination_rate", "count_accuracy",
-           "relation_accuracy", "text_accuracy", "names_main_subjects")
+           "relation_accuracy", "text_accuracy", "names_main_subjects", "objects_named",
+           "size_accuracy_given_object", "fill_accuracy_given_object")
 
 
 def audit_table(report: dict[str, Any], title: str | None = None) -> Any:
