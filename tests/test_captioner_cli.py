@@ -116,3 +116,40 @@ def test_resnet_clip_and_stage_one_options_reach_the_checkpoint(tmp_path):
     assert n[1] < 0.9 * n[0], n
     assert (tmp_path / "alt" / "clip" / "conv_clip.json").is_file()  # the tuned ResNet tower travels along
     assert len(cap.caption([r.pil() for r in world_records(2, seed=4)], "short")) == 2
+
+
+def readme_recipe() -> list[list[str]]:
+    """The README's world recipe: its `recaption clip train` (alt-text) and `captioner train` lines, split."""
+    import pathlib
+    import shlex
+
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    block = text.split("## The paper, step by step, in the shapes world", 1)[1].split("```bash", 1)[1]
+    block = block.split("```", 1)[0].replace("\\\n", " ")
+    lines = [shlex.split(x.split("#", 1)[0]) for x in block.splitlines()]
+    return [x[1:] for x in lines if x[:3] in (["recaption", "clip", "train"], ["recaption", "captioner", "train"])
+            and "--text-field" not in x]
+
+
+@pytest.mark.slow
+def test_the_readme_world_recipe_runs(tmp_path):
+    """The README's recipe lines, as written but at toy size (2 steps, no time box), run and reach the checkpoints."""
+    from recaption.captioners.clip_prefix import load_clip_prefix
+
+    data = world_folder(tmp_path / "data", 24, seed=5)
+    recipe = readme_recipe()
+    assert [x[:2] for x in recipe] == [["clip", "train"]] + [["captioner", "train"]] * 3
+    for args in recipe:
+        args = [str(data) if a == "data/world" else str(tmp_path / a) if a.startswith("ckpt/") else a for a in args]
+        for flag, value in (("--steps", "2"), ("--max-minutes", "0")):
+            if flag in args:
+                args[args.index(flag) + 1] = value
+        args += ["--batch-size", "8", "--heldout", "4"] if args[0] == "clip" else ["--finetune-size", "4"]
+        assert run(args) == 0, args
+    desc = json.load(open(tmp_path / "ckpt" / "cap-desc" / "captioner.json"))
+    assert (desc["train"]["shift"], desc["train"]["ema"], desc["train"]["lr"]) == (2, 0.999, 1e-3)
+    short = json.load(open(tmp_path / "ckpt" / "cap-short" / "captioner.json"))
+    assert (short["train"]["shift"], short["train"]["ema"], short["train"]["vision_lr_scale"]) == (2, 0.999, 1.0)
+    cap = load_clip_prefix(str(tmp_path / "ckpt" / "cap-desc"))
+    assert cap.cfg.prefix_grid == 3 and cap.cfg.finetune_vision and cap.cfg.extra_layers == (1,)
+    assert cap.model.lm.config.n_embd == 128 and (tmp_path / "ckpt" / "clip" / "conv_clip.json").is_file()
