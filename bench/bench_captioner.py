@@ -48,11 +48,13 @@ def caption_and_audit(ckpt: str, held: list, images: list, mode: str, batch_size
     t = time.time()
     caps = cap.caption(images, mode)
     secs = time.time() - t
-    if captions_out:
+    by_key = {r.key: c for r, c in zip(held, caps, strict=True)}
+    if captions_out:  # the lines `recaption caption` writes, provenance included
+        prov = cap.provenance(mode).to_dict()
         with open(captions_out, "w") as f:
-            for r, c in zip(held, caps, strict=True):
-                f.write(json.dumps({"key": r.key, "caption": c, "mode": mode, "provenance": {"captioner": ckpt}}) + "\n")
-    report = audit(held, {r.key: c for r, c in zip(held, caps, strict=True)}, mode=mode)
+            for key, c in by_key.items():
+                f.write(json.dumps({"key": key, "caption": c, "mode": mode, "provenance": prov}) + "\n")
+    report = audit(held, by_key, mode=mode)
     per = report.pop("per_caption")
     report["images_per_second"] = round(len(images) / secs, 2)
     report["examples"] = [p["caption"] for p in per[:3]]
