@@ -36,15 +36,16 @@ def parse_options(items: list[str]) -> dict:
 
 
 def caption_and_audit(ckpt: str, held: list, images: list, mode: str, batch_size: int,
-                      device: str = "cpu", captions_out: str | None = None) -> dict:
+                      device: str = "cpu", captions_out: str | None = None, decode: dict | None = None) -> dict:
     """Caption the held-out ``images`` (batched, greedy) with a checkpoint and audit them against ``held``'s truth:
     the audit's figures, ``images_per_second`` and three example captions. ``captions_out``: also write the captions
-    there (``recaption caption``'s JSONL), so a later audit needs no captioner."""
+    there (``recaption caption``'s JSONL), so a later audit needs no captioner. ``decode``: other ``DecodeConfig``
+    fields (e.g. ``{"views": 5}``)."""
     from recaption.captioners.clip_prefix import load_clip_prefix
     from recaption.eval.audit import audit
 
     cap = load_clip_prefix(ckpt, device=device)
-    cap.decode = type(cap.decode)(batch_size=batch_size)
+    cap.decode = type(cap.decode)(batch_size=batch_size, **(decode or {}))
     t = time.time()
     caps = cap.caption(images, mode)
     secs = time.time() - t

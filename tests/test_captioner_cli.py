@@ -51,6 +51,13 @@ def test_three_stages_caption_and_audit(tmp_path):
     assert run(["audit", "--input", str(data), "--captions", str(caps), "--out", str(tmp_path / "a.json")]) == 0
     rep = json.load(open(tmp_path / "a.json"))
     assert rep["matched"] == 10 and "attribute_recall" in rep
+    views = tmp_path / "views.jsonl"  # test-time views reach the decoder and its provenance
+    assert run(["caption", "--captioner", str(tmp_path / "m"), "--mode", "descriptive", "--input", str(data),
+                "--out", str(views), "--limit", "4", "--views", "3", "--combine", "features"]) == 0
+    dec = json.loads(views.read_text().splitlines()[0])["provenance"]["extra"]["decode"]
+    assert (dec["views"], dec["combine"]) == (3, "features")
+    assert run(["caption", "--captioner", str(tmp_path / "m"), "--mode", "descriptive", "--input", str(data),
+                "--out", str(tmp_path / "bad.jsonl"), "--views", "30"]) != 0
 
 
 def test_tokenizer_texts_of_a_stage_need_world_records(tmp_path, capsys):

@@ -237,6 +237,74 @@ def test_beam_max_length_and_repetition_guard(cap, feats):
     assert not any(_has_repeat(ids, 2) for ids in guarded)  # ...and the guard stops it
 
 
+def test_view_offsets_and_the_repetition_guard_of_the_view_decoder():
+    from recaption.captioners.clip_prefix import banned_tokens, view_offsets
+
+    assert view_offsets(1) == [(0, 0)]
+    assert view_offsets(5) == [(0, 0), (-1, 0), (0, -1), (0, 1), (1, 0)]
+    assert len(set(view_offsets(25, radius=2))) == 25
+    with pytest.raises(ValueError, match="views"):
+        view_offsets(10, radius=1)
+    seq = [1, 2, 3, 1, 2]
+    assert banned_tokens(seq, 3) == {3}  # "1 2" was followed by 3
+    assert banned_tokens(seq, 2) == {3}  # "2" was followed by 3
+    assert banned_tokens(seq, 1) == {1, 2, 3}
+    assert banned_tokens(seq, 0) == set() and banned_tokens([1], 3) == set()
+    for bad in (dict(views=0), dict(views=10), dict(combine="vote"), dict(views=2, strategy="beam")):
+        with pytest.raises(ValueError):
+            DecodeConfig(**bad)
+
+
+@pytest.mark.parametrize("ngram", [0, 2, 8])
+def test_the_view_decoder_with_one_view_writes_what_generate_writes(cap, feats, ngram):
+    d = DecodeConfig(max_new_tokens=30, no_repeat_ngram_size=ngram, batch_size=4)
+    ref = cap.generate_ids(feats, d)
+    assert cap.generate_ids_views(feats[:, None], d) == ref  # its own loop and KV cache, the same tokens
+    assert cap.generate_ids_views(feats[:, None].expand(-1, 3, -1, -1), d) == ref  # identical views: one view
+
+
+def test_the_view_decoder_reads_the_mean_of_the_views_probabilities(cap, feats):
+    lm = cap.model.lm
+    tok = cap.tokenizer
+    two = torch.stack([feats[0], feats[1]])[None]  # one "image" whose views are two different images
+    first = cap.generate_ids_views(two, DecodeConfig(max_new_tokens=1, no_repeat_ngram_size=0))[0]
+    with torch.no_grad():
+        pre = cap.model.prefix(two[0])
+        bos = lm.get_input_embeddings()(torch.full((2, 1), tok.bos_token_id))
+        p = lm(inputs_embeds=torch.cat([pre, bos], dim=1)).logits[:, -1].softmax(-1)
+    want = int(p.mean(0).argmax())
+    assert first == ([] if want == tok.eos_token_id else [want])
+    nucleus = DecodeConfig(strategy="nucleus", top_p=1e-6, max_new_tokens=10, seed=3)
+    assert cap.generate_ids_views(two, nucleus) == cap.generate_ids_views(two, DecodeConfig(max_new_tokens=10))
+    wide = dataclasses.replace(nucleus, top_p=1.0)
+    f = two.expand(12, -1, -1, -1)
+    assert cap.generate_ids_views(f, wide) == cap.generate_ids_views(f, wide)  # seeded
+    assert len({tuple(x) for x in cap.generate_ids_views(f, wide)}) > 1
+
+
+def test_caption_with_views_reads_the_moved_images(cap, records, monkeypatch):
+    from recaption.captioners import clip_prefix as cp
+    from recaption.captioners.train_prefix import shift_images
+    from recaption.clip.data import load_pixels
+
+    images = [r.pil() for r in records[:4]]
+    d = DecodeConfig(max_new_tokens=12, views=3)
+    seen = []
+    real = cp.clip_features
+    monkeypatch.setattr(cp, "clip_features", lambda enc, px, cfg, bs=256: seen.append(px) or real(enc, px, cfg, bs))
+    a = cap.caption(images, "short", d)
+    assert a == cap.caption(images, "short", d) and len(a) == 4
+    px = load_pixels(records[:4], 64)
+    assert len(seen) == 6 and torch.equal(seen[0], px)
+    assert torch.equal(seen[1], shift_images(px, torch.tensor([[-1, 0]] * 4)))
+    monkeypatch.setattr(cp, "clip_features", real)
+    vf = cp.view_features(cap.clip, px, cap.cfg, cp.view_offsets(3))
+    assert cap.caption(images, "short", dataclasses.replace(d, combine="features")) == \
+        cap.caption_features(vf.mean(1), d)
+    assert cap.caption(images, "short", DecodeConfig(max_new_tokens=12, views=1)) == \
+        cap.caption_features(vf[:, 0], d)
+
+
 def test_bad_mode_and_strategy(cap, feats, records):
     with pytest.raises(ValueError, match="mode"):
         cap.caption([records[0].pil()], "long")

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -121,6 +122,14 @@ class DecodeConfig:
     ``no_repeat_ngram_size`` is the repetition guard: no n-gram of that length appears twice. Descriptive
     captions legitimately repeat short phrases ("is to the left of the"), so the default n is long enough
     to allow them and still cut degenerate loops. Sampling is deterministic for a given ``seed`` and batch.
+
+    ``views`` > 1 is test-time augmentation: the image is also read moved by whole pixels (the first ``views``
+    offsets of :func:`view_offsets`, at most ``view_shift`` each way, edges repeated as the training's
+    ``shift`` does) and one caption is written from all readings: ``combine="probs"`` averages the views'
+    next-token probabilities at every step (an ensemble over views; greedy or nucleus), ``"features"`` averages
+    the mapper's inputs and decodes once. Why: a texture of a few pixels' period (the world's fills) reads
+    differently at each phase of the tower's strided stem; several phases outvote one. It costs about
+    ``views`` times the captioning time.
     """
 
     strategy: str = "greedy"
@@ -131,6 +140,44 @@ class DecodeConfig:
     no_repeat_ngram_size: int = 8
     batch_size: int = 64
     seed: int = 0
+    views: int = 1
+    view_shift: int = 1
+    combine: str = "probs"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.views, int) or self.views < 1:
+            raise ValueError(f"views must be a whole number >= 1, got {self.views!r}")
+        if self.view_shift < 0 or self.views > (2 * self.view_shift + 1) ** 2:
+            raise ValueError(f"views {self.views} needs view_shift >= 0 with at most (2 * view_shift + 1)^2 = "
+                             f"{(2 * max(self.view_shift, 0) + 1) ** 2} distinct offsets")
+        if self.combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+        if self.views > 1 and self.combine == "probs" and self.strategy == "beam":
+            raise ValueError("beam search reads one view; with views > 1 use greedy or nucleus, or combine='features'")
+
+
+COMBINE = ("probs", "features")
+"""How the views of ``DecodeConfig.views`` > 1 become one caption (see :class:`DecodeConfig`)."""
+
+
+def view_offsets(n: int, radius: int = 1) -> list[tuple[int, int]]:
+    """The first ``n`` whole-pixel offsets ``(dx, dy)`` within ``radius`` each way: the unmoved image first, then
+    the nearest (the four one-pixel moves before the diagonals), in a fixed order."""
+    offs = sorted(((dx, dy) for dx in range(-radius, radius + 1) for dy in range(-radius, radius + 1)),
+                  key=lambda o: (o[0] ** 2 + o[1] ** 2, o))
+    if not 1 <= n <= len(offs):
+        raise ValueError(f"views: want 1..{len(offs)} offsets within {radius} px, got {n}")
+    return offs[:n]
+
+
+def banned_tokens(seq: Sequence[int], n: int) -> set[int]:
+    """Tokens that would complete an ``n``-gram already in ``seq`` (the repetition guard of ``generate``'s
+    ``no_repeat_ngram_size``, for the view-ensemble decoder); none when ``n`` <= 0."""
+    if n <= 0 or len(seq) < n - 1:
+        return set()
+    tail = list(seq[len(seq) - n + 1:]) if n > 1 else []
+    return {seq[i + n - 1] for i in range(len(seq) - n + 1)
+            if (not tail or seq[i] == tail[0]) and list(seq[i:i + n - 1]) == tail}
 
 
 STRATEGIES = {
@@ -234,6 +281,17 @@ class ClipPrefixModel(torch.nn.Module):
         mask = torch.cat([torch.ones(B, P, dtype=torch.long, device=ids.device), valid.long()], dim=1)
         loss = self.lm(inputs_embeds=torch.cat([pre, emb], dim=1), attention_mask=mask, labels=labels).loss
         return (loss, pre) if return_prefix else loss
+
+
+def nucleus_sample(probs: Any, top_p: float, gen: Any) -> Any:
+    """One token per row of ``probs`` ``(B, vocab)``: drawn from the smallest set of most likely tokens whose
+    probability reaches ``top_p`` (the most likely always kept), renormalised."""
+    sp, si = probs.sort(dim=-1, descending=True)
+    keep = (sp.cumsum(-1) - sp) < top_p
+    keep[:, 0] = True
+    sp = sp * keep
+    pick = torch.multinomial(sp / sp.sum(-1, keepdim=True), 1, generator=gen)
+    return si.gather(-1, pick).squeeze(-1)
 
 
 # -- CLIP features --------------------------------------------------------------------------------------
@@ -348,6 +406,19 @@ def clip_features(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, batch_size: 
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def view_features(encoder: Any, pixels: Any, cfg: ClipPrefixConfig, offsets: Sequence[tuple[int, int]],
+                  batch_size: int = 256) -> Any:
+    """``uint8 (N,3,S,S)`` pixels read once per whole-pixel ``offsets`` entry -> ``(N, V, P, Dv)`` (see
+    ``DecodeConfig.views``); an offset of ``(0, 0)`` is the image as it is."""
+    from recaption.captioners.train_prefix import shift_images
+
+    views = []
+    for o in offsets:
+        px = pixels if tuple(o) == (0, 0) else shift_images(pixels, torch.tensor([list(o)] * len(pixels)))
+        views.append(clip_features(encoder, px, cfg, batch_size))
+    return torch.stack(views, dim=1)
+
+
 def vision_params(encoder: Any, cfg: ClipPrefixConfig) -> list[Any]:
     """The CLIP parameters a ``finetune_vision`` run trains (the vision tower, + projection if pooled)."""
     m = encoder.model
@@ -419,20 +490,31 @@ class ClipPrefixCaptioner:
         self.check_mode(mode)
         if not images:
             return []
+        d = decode or self.decode
         size, _, _ = clip_geometry(self.clip)
         pixels = torch.from_numpy(np.stack([to_pixels(im, size) for im in images]))
-        return self.caption_features(clip_features(self.clip, pixels, self.cfg), decode)
+        if d.views > 1:
+            feats = view_features(self.clip, pixels, self.cfg, view_offsets(d.views, d.view_shift))
+        else:
+            feats = clip_features(self.clip, pixels, self.cfg)
+        return self.caption_features(feats, d)
 
     def caption_features(self, feats: Any, decode: DecodeConfig | None = None) -> list[str]:
-        """Captions from precomputed mapper inputs ``(N, P, Dv)`` (see :func:`clip_features`)."""
+        """Captions from precomputed mapper inputs ``(N, P, Dv)`` (see :func:`clip_features`), or ``(N, V, P, Dv)``
+        with several views of each image (:func:`view_features`), combined as ``decode.combine`` says."""
         ids = self.generate_ids(feats, decode)
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def generate_ids(self, feats: Any, decode: DecodeConfig | None = None) -> list[list[int]]:
-        """Generated token ids per image (EOS and padding removed)."""
+        """Generated token ids per image (EOS and padding removed); ``feats`` as :meth:`caption_features` takes."""
         d = decode or self.decode
         if d.strategy not in STRATEGIES:
             raise ValueError(f"decoding strategy must be one of {sorted(STRATEGIES)}, got {d.strategy!r}")
+        if feats.dim() == 4:  # (N, V, P, Dv): several views of each image
+            if feats.shape[1] == 1 or d.combine == "features":
+                feats = feats.mean(dim=1)
+            else:
+                return self.generate_ids_views(feats, d)
         self.model.eval()
         tok, lm = self.tokenizer, self.model.lm
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -454,6 +536,60 @@ class ClipPrefixCaptioner:
                     if tok.eos_token_id in row:
                         row = row[:row.index(tok.eos_token_id)]
                     out.append(row)
+        return out
+
+    def generate_ids_views(self, feats: Any, d: DecodeConfig) -> list[list[int]]:
+        """One caption per image from ``feats`` ``(N, V, P, Dv)``: at each step the next token is read from the mean
+        of the V views' next-token probabilities (greedy: the most likely; nucleus: sampled as ``generate``
+        samples, top-p after temperature). The repetition guard is :func:`banned_tokens`'s. All views of an image
+        are fed the same tokens, so one KV cache per view carries the caption."""
+        if d.strategy == "beam":
+            raise ValueError("beam search reads one view; with views > 1 use greedy or nucleus, or "
+                             "combine='features'")
+        self.model.eval()
+        tok, lm = self.tokenizer, self.model.lm
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos = tok.eos_token_id
+        # transformers renamed the KV cache argument (past_key_values -> cache, 5.2x); take the model's name for it
+        cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        out: list[list[int]] = []
+        with torch.no_grad():
+            for bi, i in enumerate(range(0, len(feats), d.batch_size)):
+                gen = torch.Generator().manual_seed(d.seed + bi)
+                f = feats[i:i + d.batch_size].to(self.device)
+                B, V = f.shape[:2]
+                pre = self.model.prefix(f.flatten(0, 1))  # (B*V, P, D)
+                b = lm.get_input_embeddings()(torch.full((B * V, 1), bos, device=self.device))
+                emb = torch.cat([pre, b], dim=1)
+                mask = torch.ones(emb.shape[:2], dtype=torch.long, device=self.device)
+                res = lm(inputs_embeds=emb, attention_mask=mask, use_cache=True)
+                seqs: list[list[int]] = [[] for _ in range(B)]
+                done = [False] * B
+                for _ in range(d.max_new_tokens):
+                    logits = res.logits[:, -1].float()
+                    if d.strategy == "nucleus":
+                        logits = logits / d.temperature
+                    probs = logits.softmax(-1).view(B, V, -1).mean(dim=1).cpu()  # (B, vocab)
+                    for r in range(B):
+                        ban = banned_tokens(seqs[r], d.no_repeat_ngram_size) if not done[r] else ()
+                        if ban:
+                            probs[r, list(ban)] = 0.0
+                    if d.strategy == "nucleus":
+                        nxt = nucleus_sample(probs, d.top_p, gen)
+                    else:
+                        nxt = probs.argmax(dim=-1)
+                    for r, t in enumerate(nxt.tolist()):
+                        if not done[r]:
+                            seqs[r].append(t)
+                            done[r] = t == eos
+                    if all(done):
+                        break
+                    ids = torch.tensor([pad if done[r] else seqs[r][-1] for r in range(B)], device=self.device)
+                    mask = torch.cat([mask, mask.new_ones(B * V, 1)], dim=1)
+                    res = lm(input_ids=ids.repeat_interleave(V)[:, None], attention_mask=mask, use_cache=True,
+                             **{cache_kw: res["cache"] if "cache" in res else res.past_key_values})
+                out += [s[:s.index(eos)] if eos in s else s for s in seqs]
         return out
 
     def save(self, path: str, extra: dict | None = None) -> None:

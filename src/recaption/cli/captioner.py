@@ -193,15 +193,19 @@ def caption(captioner: str = typer.Option(..., "--captioner", help="DIR, hf:NAME
             limit: int = typer.Option(None, "--limit", help="Caption at most this many records."),
             device: str = typer.Option("cpu", "--device"),
             dtype: str = typer.Option(None, "--dtype", help="e.g. bfloat16 (transformers VLMs)."),
+            views: int = typer.Option(1, "--views", help="clip-prefix: read each image this many times, moved by "
+                                                        "whole pixels, and write one caption from all readings."),
+            combine: str = typer.Option("probs", "--combine", help="clip-prefix views: 'probs' (average the "
+                                                                   "next-token probabilities) or 'features'."),
             ) -> None:
     """Caption a dataset into a JSONL file (a plain loop; the scalable job is `recaption run`)."""
     _caption(captioner, mode.value, input, out, batch_size, strategy.value if strategy else None, limit, device,
-             dtype)
+             dtype, views, combine)
 
 
 @_user_errors
 def _caption(spec: str, mode: str, input: str, out: str, batch_size: int, strategy: str | None,
-             limit: int | None, device: str, dtype: str | None) -> None:
+             limit: int | None, device: str, dtype: str | None, views: int = 1, combine: str = "probs") -> None:
     import dataclasses
 
     from recaption.captioners import load_captioner
@@ -211,8 +215,10 @@ def _caption(spec: str, mode: str, input: str, out: str, batch_size: int, strate
     cap = load_captioner(spec, device=device, dtype=dtype)
     for c in getattr(cap, "captioners", {"": cap}).values():  # clip-prefix (or its per-mode router)
         if hasattr(c, "decode"):
-            c.decode = dataclasses.replace(c.decode, batch_size=batch_size,
+            c.decode = dataclasses.replace(c.decode, batch_size=batch_size, views=views, combine=combine,
                                            **({"strategy": strategy} if strategy else {}))
+        elif views != 1:
+            raise ValueError(f"--views {views}: only clip-prefix checkpoints read several views, not {spec!r}")
     typer.echo(json.dumps(caption_records(cap, read_records(input), mode, out, batch_size=batch_size, limit=limit)))
 
 
