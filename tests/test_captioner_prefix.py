@@ -305,6 +305,23 @@ def test_caption_with_views_reads_the_moved_images(cap, records, monkeypatch):
         cap.caption_features(vf[:, 0], d)
 
 
+def test_views_reach_every_model_of_a_job_and_other_captioners_refuse_them(alt_dir):
+    from recaption.captioners.clip_prefix import set_decode
+    from recaption.pipeline import RunConfig, load_captioner_for
+    from recaption.pipeline.fake import HashCaptioner
+
+    job = load_captioner_for(RunConfig(input="in", output="out", captioner=alt_dir, modes=("short",), views=3,
+                                       combine="features"))
+    assert (job.decode.views, job.decode.combine) == (3, "features")
+    assert load_captioner_for(RunConfig(input="in", output="out", captioner=alt_dir, modes=("short",))).decode.views == 1
+    router = ModeRouter({"short": load_clip_prefix(alt_dir), "descriptive": load_clip_prefix(alt_dir)})
+    assert all(c.decode.views == 5 for c in set_decode(router, views=5).captioners.values())
+    other = HashCaptioner()
+    assert set_decode(other, views=1) is other
+    with pytest.raises(ValueError, match="only clip-prefix"):
+        set_decode(other, views=2)
+
+
 def test_bad_mode_and_strategy(cap, feats, records):
     with pytest.raises(ValueError, match="mode"):
         cap.caption([records[0].pil()], "long")

@@ -676,6 +676,21 @@ class ModeRouter:
         return self.captioners[mode].provenance(mode)
 
 
+def set_decode(captioner: Any, **fields: Any) -> Any:
+    """Set ``DecodeConfig`` fields (e.g. ``views=5``) on a clip-prefix captioner or each model of its
+    :class:`ModeRouter`; returns ``captioner``. Other captioners have no such decoder: asking one for test-time
+    views is a ValueError naming it (the other fields are left to its own options)."""
+    models = [c for c in getattr(captioner, "captioners", {"": captioner}).values() if hasattr(c, "decode")]
+    if not models:
+        if fields.get("views", 1) != 1:
+            raise ValueError(f"views {fields['views']}: only clip-prefix checkpoints read several views, not "
+                             f"{getattr(captioner, 'name', type(captioner).__name__)!r}")
+        return captioner
+    for c in models:
+        c.decode = dataclasses.replace(c.decode, **fields)
+    return captioner
+
+
 def load_clip_prefix_dir(path: str, device: str = "cpu", dtype: str | None = None) -> Any:
     """A checkpoint dir, or a dir with ``short/`` and/or ``descriptive/`` checkpoints (-> ModeRouter)."""
     if os.path.isfile(os.path.join(path, CONFIG_NAME)):

@@ -206,19 +206,13 @@ def caption(captioner: str = typer.Option(..., "--captioner", help="DIR, hf:NAME
 @_user_errors
 def _caption(spec: str, mode: str, input: str, out: str, batch_size: int, strategy: str | None,
              limit: int | None, device: str, dtype: str | None, views: int = 1, combine: str = "probs") -> None:
-    import dataclasses
-
     from recaption.captioners import load_captioner
     from recaption.captioners.caption_file import caption_records
+    from recaption.captioners.clip_prefix import set_decode
     from recaption.io import read_records
 
-    cap = load_captioner(spec, device=device, dtype=dtype)
-    for c in getattr(cap, "captioners", {"": cap}).values():  # clip-prefix (or its per-mode router)
-        if hasattr(c, "decode"):
-            c.decode = dataclasses.replace(c.decode, batch_size=batch_size, views=views, combine=combine,
-                                           **({"strategy": strategy} if strategy else {}))
-        elif views != 1:
-            raise ValueError(f"--views {views}: only clip-prefix checkpoints read several views, not {spec!r}")
+    cap = set_decode(load_captioner(spec, device=device, dtype=dtype), batch_size=batch_size, views=views,
+                     combine=combine, **({"strategy": strategy} if strategy else {}))
     typer.echo(json.dumps(caption_records(cap, read_records(input), mode, out, batch_size=batch_size, limit=limit)))
 
 

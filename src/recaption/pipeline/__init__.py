@@ -74,7 +74,15 @@ def load_captioner_for(cfg: RunConfig) -> Any:
     from recaption.captioners import load_captioner
 
     torch.manual_seed(cfg.seed)
-    return load_captioner(cfg.captioner, device=cfg.device, dtype=cfg.dtype)
+    cap = load_captioner(cfg.captioner, device=cfg.device, dtype=cfg.dtype)
+    if cfg.views == 1 and cfg.combine == "probs":
+        return cap  # nothing to set: any captioner
+    from recaption.captioners.clip_prefix import set_decode
+
+    try:
+        return set_decode(cap, views=cfg.views, combine=cfg.combine)
+    except ValueError as e:
+        raise RecordError(f"--views/--combine: {e}") from e
 
 
 def _instance(captioner: Any) -> Any:

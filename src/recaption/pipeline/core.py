@@ -59,6 +59,8 @@ class RunConfig:
     max_side: int | None = None
     seed: int = 0
     progress: bool = True
+    views: int = 1  # clip-prefix: test-time views of each image (``DecodeConfig.views``)
+    combine: str = "probs"  # clip-prefix: how the views make one caption (``DecodeConfig.combine``)
 
     def __post_init__(self) -> None:
         from recaption.captioners.base import check_mode
