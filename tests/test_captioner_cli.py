@@ -125,17 +125,21 @@ def test_resnet_clip_and_stage_one_options_reach_the_checkpoint(tmp_path):
     assert len(cap.caption([r.pil() for r in world_records(2, seed=4)], "short")) == 2
 
 
-def readme_recipe() -> list[list[str]]:
-    """The README's world recipe: its `recaption clip train` (alt-text) and `captioner train` lines, split."""
+def readme_lines() -> list[list[str]]:
+    """The commands of the README's step-by-step block, split as a shell would (comments dropped)."""
     import pathlib
     import shlex
 
     text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     block = text.split("## The paper, step by step, in the shapes world", 1)[1].split("```bash", 1)[1]
     block = block.split("```", 1)[0].replace("\\\n", " ")
-    lines = [shlex.split(x.split("#", 1)[0]) for x in block.splitlines()]
-    return [x[1:] for x in lines if x[:3] in (["recaption", "clip", "train"], ["recaption", "captioner", "train"])
-            and "--text-field" not in x]
+    return [shlex.split(x.split("#", 1)[0]) for x in block.splitlines()]
+
+
+def readme_recipe() -> list[list[str]]:
+    """The README's world recipe: its `recaption clip train` (alt-text) and `captioner train` lines, split."""
+    return [x[1:] for x in readme_lines() if x[:3] in (["recaption", "clip", "train"],
+                                                       ["recaption", "captioner", "train"]) and "--text-field" not in x]
 
 
 @pytest.mark.slow
@@ -160,3 +164,11 @@ def test_the_readme_world_recipe_runs(tmp_path):
     cap = load_clip_prefix(str(tmp_path / "ckpt" / "cap-desc"))
     assert cap.cfg.prefix_grid == 3 and cap.cfg.finetune_vision and cap.cfg.extra_layers == (1,)
     assert cap.model.lm.config.n_embd == 128 and (tmp_path / "ckpt" / "clip" / "conv_clip.json").is_file()
+    captions = [x[1:] for x in readme_lines() if x[:2] == ["recaption", "caption"]]
+    assert captions, "the README's recipe captions the held-out scenes"
+    for args in captions:  # the README's captioning line, as written, on the toy data
+        args = [str(data) if a == "data/heldout" else str(tmp_path / a) if a.startswith("ckpt/") or
+                a.endswith(".jsonl") else a for a in args]
+        assert run([*args, "--limit", "3"]) == 0, args
+        out = args[args.index("--out") + 1]
+        assert len(open(out).read().splitlines()) == 3

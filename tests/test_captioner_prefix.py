@@ -310,9 +310,9 @@ def test_views_reach_every_model_of_a_job_and_other_captioners_refuse_them(alt_d
     from recaption.pipeline import RunConfig, load_captioner_for
     from recaption.pipeline.fake import HashCaptioner
 
-    job = load_captioner_for(RunConfig(input="in", output="out", captioner=alt_dir, modes=("short",), views=3,
-                                       combine="features"))
-    assert (job.decode.views, job.decode.combine) == (3, "features")
+    job = load_captioner_for(RunConfig(input="in", output="out", captioner=alt_dir, modes=("short",), views=25,
+                                       combine="features", view_shift=2))
+    assert (job.decode.views, job.decode.combine, job.decode.view_shift) == (25, "features", 2)
     assert load_captioner_for(RunConfig(input="in", output="out", captioner=alt_dir, modes=("short",))).decode.views == 1
     router = ModeRouter({"short": load_clip_prefix(alt_dir), "descriptive": load_clip_prefix(alt_dir)})
     assert all(c.decode.views == 5 for c in set_decode(router, views=5).captioners.values())

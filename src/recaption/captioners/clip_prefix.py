@@ -682,7 +682,7 @@ def set_decode(captioner: Any, **fields: Any) -> Any:
     views is a ValueError naming it (the other fields are left to its own options)."""
     models = [c for c in getattr(captioner, "captioners", {"": captioner}).values() if hasattr(c, "decode")]
     if not models:
-        if fields.get("views", 1) != 1:
+        if fields.get("views", 1) != 1:  # (the other view fields mean nothing without views)
             raise ValueError(f"views {fields['views']}: only clip-prefix checkpoints read several views, not "
                              f"{getattr(captioner, 'name', type(captioner).__name__)!r}")
         return captioner

@@ -197,22 +197,25 @@ def caption(captioner: str = typer.Option(..., "--captioner", help="DIR, hf:NAME
                                                         "whole pixels, and write one caption from all readings."),
             combine: str = typer.Option("probs", "--combine", help="clip-prefix views: 'probs' (average the "
                                                                    "next-token probabilities) or 'features'."),
+            view_shift: int = typer.Option(1, "--view-shift", help="clip-prefix views: offsets up to this many "
+                                                                    "pixels each way ((2n+1)^2 views at most)."),
             ) -> None:
     """Caption a dataset into a JSONL file (a plain loop; the scalable job is `recaption run`)."""
     _caption(captioner, mode.value, input, out, batch_size, strategy.value if strategy else None, limit, device,
-             dtype, views, combine)
+             dtype, views, combine, view_shift)
 
 
 @_user_errors
 def _caption(spec: str, mode: str, input: str, out: str, batch_size: int, strategy: str | None,
-             limit: int | None, device: str, dtype: str | None, views: int = 1, combine: str = "probs") -> None:
+             limit: int | None, device: str, dtype: str | None, views: int = 1, combine: str = "probs",
+             view_shift: int = 1) -> None:
     from recaption.captioners import load_captioner
     from recaption.captioners.caption_file import caption_records
     from recaption.captioners.clip_prefix import set_decode
     from recaption.io import read_records
 
     cap = set_decode(load_captioner(spec, device=device, dtype=dtype), batch_size=batch_size, views=views,
-                     combine=combine, **({"strategy": strategy} if strategy else {}))
+                     combine=combine, view_shift=view_shift, **({"strategy": strategy} if strategy else {}))
     typer.echo(json.dumps(caption_records(cap, read_records(input), mode, out, batch_size=batch_size, limit=limit)))
 
 

@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, help="Show a progress bar."),
         views: int = typer.Option(1, help="clip-prefix: read each image this many times, moved by whole pixels, and write one caption from all readings."),
         combine: str = typer.Option("probs", help="clip-prefix views: probs (average next-token probabilities) | features."),
+        view_shift: int = typer.Option(1, help="clip-prefix views: offsets up to this many pixels each way ((2n+1)^2 views at most)."),
     ) -> None:
         """Caption every image in each mode and write all original fields plus the new captions."""
         from recaption.pipeline import RunConfig, run
@@ -46,7 +47,8 @@ def register(app: typer.Typer) -> None:
                         decode_workers=decode_workers, prefetch=prefetch, num_gpus_per_worker=num_gpus_per_worker,
                         max_images=max_images, skip_existing=skip_existing, overwrite=overwrite,
                         fail_on_error=fail_on_error, txt_field=txt_field, part_size=part_size, max_side=max_side,
-                        seed=seed, progress=progress, views=views, combine=combine)
+                        seed=seed, progress=progress, views=views, combine=combine,
+                        view_shift=view_shift)
         summary = run(cfg)
         typer.echo(summary.line())
         if summary.failed_shards or (fail_on_error and summary.errors):

@@ -75,12 +75,12 @@ def load_captioner_for(cfg: RunConfig) -> Any:
 
     torch.manual_seed(cfg.seed)
     cap = load_captioner(cfg.captioner, device=cfg.device, dtype=cfg.dtype)
-    if cfg.views == 1 and cfg.combine == "probs":
+    if cfg.views == 1:
         return cap  # nothing to set: any captioner
     from recaption.captioners.clip_prefix import set_decode
 
     try:
-        return set_decode(cap, views=cfg.views, combine=cfg.combine)
+        return set_decode(cap, views=cfg.views, combine=cfg.combine, view_shift=cfg.view_shift)
     except ValueError as e:
         raise RecordError(f"--views/--combine: {e}") from e
 

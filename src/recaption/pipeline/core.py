@@ -61,6 +61,7 @@ class RunConfig:
     progress: bool = True
     views: int = 1  # clip-prefix: test-time views of each image (``DecodeConfig.views``)
     combine: str = "probs"  # clip-prefix: how the views make one caption (``DecodeConfig.combine``)
+    view_shift: int = 1  # clip-prefix: the views' largest offset in pixels (``DecodeConfig.view_shift``)
 
     def __post_init__(self) -> None:
         from recaption.captioners.base import check_mode
