@@ -508,6 +508,12 @@ class ClipPrefixCaptioner:
         ids = self.generate_ids(feats, decode)
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
+    def bos_pad(self) -> tuple[int, int]:
+        """The ids a caption starts from and is padded with (the EOS where the tokenizer has none)."""
+        tok = self.tokenizer
+        return (tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+                tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
     def generate_ids(self, feats: Any, decode: DecodeConfig | None = None) -> list[list[int]]:
         """Generated token ids per image (EOS and padding removed); ``feats`` as :meth:`caption_features` takes."""
         d = decode or self.decode
@@ -520,8 +526,7 @@ class ClipPrefixCaptioner:
                 return self.generate_ids_views(feats, d)
         self.model.eval()
         tok, lm = self.tokenizer, self.model.lm
-        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        bos, pad = self.bos_pad()
         out: list[list[int]] = []
         with torch.no_grad(), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
@@ -551,8 +556,7 @@ class ClipPrefixCaptioner:
                              "combine='features'")
         self.model.eval()
         tok, lm = self.tokenizer, self.model.lm
-        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        bos, pad = self.bos_pad()
         eos = tok.eos_token_id
         # transformers renamed the KV cache argument (past_key_values -> cache, 5.2x); take the model's name for it
         cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
