@@ -58,6 +58,17 @@ def test_three_stages_caption_and_audit(tmp_path):
     assert (dec["views"], dec["combine"]) == (3, "features")
     assert run(["caption", "--captioner", str(tmp_path / "m"), "--mode", "descriptive", "--input", str(data),
                 "--out", str(tmp_path / "bad.jsonl"), "--views", "30"]) != 0
+    # self-training from the descriptive checkpoint: 6 other records get its captions, the truth stays 5 records
+    assert run(["captioner", "train", "--stage", "descriptive", "--data", str(data), "--out", str(tmp_path / "st"),
+                "--init", str(tmp_path / "m" / "descriptive"), "--steps", "2", "--finetune-size", "0.2",
+                "--self-train", "--self-train-max", "6"]) == 0
+    assert json.load(open(tmp_path / "st" / "finetune_keys.json")) == \
+        json.load(open(tmp_path / "m" / "descriptive" / "finetune_keys.json"))
+    taught = [json.loads(x) for x in (tmp_path / "st" / "self_train_captions.jsonl").read_text().splitlines()]
+    assert not {t["key"] for t in taught} & set(json.load(open(tmp_path / "st" / "finetune_keys.json")))
+    m = json.load(open(tmp_path / "st" / "captioner.json"))["metrics"]
+    assert len(taught) == m["self_train"]["captions"] and m["self_train"]["captions"] + m["self_train"]["empty"] == 6
+    assert m["examples"] == 5 + len(taught) and m["true_examples"] == 5
 
 
 def test_tokenizer_texts_of_a_stage_need_world_records(tmp_path, capsys):

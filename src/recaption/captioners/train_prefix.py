@@ -110,6 +110,10 @@ class CaptionerTrainConfig:
     dropout: float | None = None  # set: the mapper's and LM's dropout from this stage on (else the model's)
     shift: int = 0  # > 0 (tuned tower): each drawn image moved by up to this many pixels each way, edges repeated
     ema: float = 0.0  # > 0: the checkpoint holds this decay's moving average of the weights (0: the last weights)
+    self_train: bool = False  # short/descriptive: init (a checkpoint of this stage) captions the other records too
+    self_train_max: int = 0  # > 0: at most this many other records (a seeded choice) get teacher captions
+    self_train_views: int = 1  # test-time views of the teacher's captions (combined as features)
+    self_train_view_shift: int = 2  # pixels each way those views move
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hflip <= 1.0:
@@ -121,6 +125,12 @@ class CaptionerTrainConfig:
             raise ValueError(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be a decay in [0, 1), got {self.ema}")
+        if self.self_train and self.stage == "alt":
+            raise ValueError("self_train applies to the fine-tune stages (short, descriptive): stage 1 already "
+                             "reads every record's alt-text")
+        if self.self_train_max < 0 or self.self_train_views < 1 or self.self_train_view_shift < 0:
+            raise ValueError(f"self_train_max must be >= 0, self_train_views >= 1 and self_train_view_shift >= 0, "
+                             f"got {self.self_train_max}, {self.self_train_views}, {self.self_train_view_shift}")
 
     def resolved(self) -> CaptionerTrainConfig:
         return dataclasses.replace(self, steps=self.steps or DEFAULT_STEPS[self.stage],
@@ -198,6 +208,26 @@ def select_examples(records: list[Record], stage: str, finetune_size: str | int 
     keys = set(choose_subset([r.key for r in records], n, seed))
     chosen = [r for r in records if r.key in keys]
     return chosen, [caption_text(r, f"truth.{stage}") for r in chosen]
+
+
+def add_teacher_captions(records: list[Record], chosen: list[Record], texts: list[str], cfg: CaptionerTrainConfig,
+                         teacher: str, out: str, device: str,
+                         reuse: bool = True) -> tuple[list[Record], list[str], dict[str, Any]]:
+    """Self-training (:mod:`recaption.captioners.self_train`): the records outside the fine-tune set
+    (``cfg.self_train_max`` of them, a seeded choice, when > 0) captioned by ``teacher``, appended to the set."""
+    from recaption.captioners.self_train import teacher_captions
+    from recaption.clip.data import choose_subset
+
+    true = {r.key for r in chosen}
+    others = [r for r in records if r.key not in true]
+    if cfg.self_train_max and cfg.self_train_max < len(others):
+        pick = set(choose_subset([r.key for r in others], cfg.self_train_max, cfg.seed + 1))
+        others = [r for r in others if r.key in pick]
+    caps, stats = teacher_captions(teacher, others, cfg.stage, out, views=cfg.self_train_views,
+                                   view_shift=cfg.self_train_view_shift, reuse=reuse, device=device)
+    extra = [r for r in others if r.key in caps]
+    log.info("self-training: %d true pairs + %d teacher captions (%s)", len(chosen), len(extra), stats)
+    return chosen + extra, texts + [caps[r.key] for r in extra], stats
 
 
 def finetune_texts(records: list[Record], stages: Iterable[str] = ("short", "descriptive"),
@@ -403,12 +433,17 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
     if not records:
         raise RecordError(f"no records in {data!r}")
     chosen, texts = select_examples(records, stage, cfg.finetune_size, cfg.seed, pairs)
-    keys = [r.key for r in chosen]
+    true_keys = [r.key for r in chosen]  # the truth this stage reads (finetune_keys.json)
     log.info("captioner stage %s: %d of %d records", stage, len(chosen), len(records))
-    del records
 
     state_path = os.path.join(out, STATE_NAME)
     state = torch.load(state_path, weights_only=False) if resume and os.path.isfile(state_path) else None
+    self_stats = None
+    if cfg.self_train:
+        chosen, texts, self_stats = add_teacher_captions(records, chosen, texts, cfg, init or out, out, device,
+                                                         reuse=resume)
+    keys = [r.key for r in chosen]
+    del records
     tokenizer_texts = list(tokenizer_texts or [])
     if tokenizer_texts and (stage != "alt" or init or (model_cfg is not None and model_cfg.lm)):
         raise ValueError("tokenizer_texts applies only where a tokenizer is trained: a new stage-1 (alt) model "
@@ -597,10 +632,11 @@ def train_captioner(data: str | Iterable[Record], out: str, cfg: CaptionerTrainC
                "prep_seconds": round(prep_s, 1), "train_seconds": round(time.time() - t1, 1),
                "final_loss": float(torch.stack(losses[-50:]).mean()) if losses else None,
                **({"final_recon_loss": float(torch.stack(rec_losses[-50:]).mean())} if rec_losses else {}),
-               **({"final_bow_loss": float(torch.stack(bow_losses[-50:]).mean())} if bow_losses else {})}
+               **({"final_bow_loss": float(torch.stack(bow_losses[-50:]).mean())} if bow_losses else {}),
+               **({"true_examples": len(true_keys), "self_train": self_stats} if self_stats else {})}
     model.eval()
     cap.clip.model.eval()
     checkpoint(done, {"metrics": metrics})
     with open(os.path.join(out, "finetune_keys.json" if stage != "alt" else "train_keys_count.json"), "w") as f:
-        json.dump(keys if stage != "alt" else {"count": len(keys)}, f)
+        json.dump(true_keys if stage != "alt" else {"count": len(keys)}, f)
     return metrics

@@ -146,6 +146,15 @@ def captioner_train(
             0.0, "--ema",
             help="Save a moving average of the weights with this decay (e.g. 0.999) instead of the last weights; "
                  "the training weights are kept in the train state, so a resumed run goes on exactly (0: off)."),
+        self_train: bool = typer.Option(
+            False, "--self-train",
+            help="short/descriptive, with an --init already fine-tuned at this stage: the init first captions every "
+                 "record outside the fine-tune set (no truth read; saved to OUT/self_train_captions.jsonl, resumable), "
+                 "then the stage trains on those captions plus the true set (noisy-student self-training)."),
+        self_train_max: int = typer.Option(
+            0, "--self-train-max", help="With --self-train: caption at most this many other records (0: all)."),
+        self_train_views: int = typer.Option(
+            1, "--self-train-views", help="With --self-train: test-time views of the teacher's captions."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
         max_minutes: float = typer.Option(0.0, "--max-minutes",
                                           help="Time box for this run: stop and save after this many minutes "
@@ -159,7 +168,8 @@ def captioner_train(
                                finetune_size=finetune_size, seed=seed, max_minutes=max_minutes,
                                vision_lr_scale=vision_lr_scale, recon_weight=recon_weight, bow_weight=bow_weight,
                                hflip=hflip, hflip_swap=hflip_swap, freeze_vision=freeze_vision,
-                               dropout=dropout, shift=shift, ema=ema)
+                               dropout=dropout, shift=shift, ema=ema, self_train=self_train,
+                               self_train_max=self_train_max, self_train_views=self_train_views)
     model_cfg = ClipPrefixConfig(lm=lm, finetune_vision=finetune_vision, prefix_pool=prefix_pool, prefix_grid=prefix_grid,
                                  lm_width=lm_width, lm_layers=lm_layers, lm_heads=lm_heads,
                                  extra_layers=tuple(extra_layer or ()))
