@@ -160,7 +160,7 @@ def test_the_readme_world_recipe_runs(tmp_path):
 
     data = world_folder(tmp_path / "data", 24, seed=5)
     recipe = readme_recipe()
-    assert [x[:2] for x in recipe] == [["clip", "train"]] + [["captioner", "train"]] * 3
+    assert [x[:2] for x in recipe] == [["clip", "train"]] + [["captioner", "train"]] * 6
     for args in recipe:
         args = [str(data) if a == "data/world" else str(tmp_path / a) if a.startswith("ckpt/") else a for a in args]
         for flag, value in (("--steps", "2"), ("--max-minutes", "0")):
@@ -175,6 +175,17 @@ def test_the_readme_world_recipe_runs(tmp_path):
     cap = load_clip_prefix(str(tmp_path / "ckpt" / "cap-desc"))
     assert cap.cfg.prefix_grid == 3 and cap.cfg.finetune_vision and cap.cfg.extra_layers == (1,)
     assert cap.model.lm.config.n_embd == 128 and (tmp_path / "ckpt" / "clip" / "conv_clip.json").is_file()
+    # the self-training rounds: the descriptive one from the descriptive checkpoint, the short captioner from the
+    # self-trained descriptive one and then its own round; each reads the truth of its 4-record subset only
+    for name, stage, init in (("cap-desc-st", "descriptive", "cap-desc"), ("cap-short2", "short", "cap-desc-st"),
+                              ("cap-short-st", "short", "cap-short2")):
+        meta = json.load(open(tmp_path / "ckpt" / name / "captioner.json"))
+        assert meta["train"]["stage"] == stage and len(json.load(open(tmp_path / "ckpt" / name /
+                                                                      "finetune_keys.json"))) == 4
+        assert meta["train"]["self_train"] == name.endswith("-st")
+        if name.endswith("-st"):
+            assert meta["metrics"]["self_train"]["teacher"] == str(tmp_path / "ckpt" / init)
+            assert meta["metrics"]["self_train"]["captions"] + meta["metrics"]["self_train"]["empty"] == 20
     captions = [x[1:] for x in readme_lines() if x[:2] == ["recaption", "caption"]]
     assert captions, "the README's recipe captions the held-out scenes"
     for args in captions:  # the README's captioning line, as written, on the toy data
