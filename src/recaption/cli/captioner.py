@@ -152,7 +152,9 @@ def captioner_train(
                  "record outside the fine-tune set (no truth read; saved to OUT/self_train_captions.jsonl, resumable), "
                  "then the stage trains on those captions plus the true set (noisy-student self-training)."),
         self_train_max: int = typer.Option(
-            0, "--self-train-max", help="With --self-train: caption at most this many other records (0: all)."),
+            0, "--self-train-max",
+            help="With --self-train: caption at most this many other records (0: all); the stage holds every image "
+                 "it trains on in memory (uint8 at the tower's size: 150 KB an image at 224 px)."),
         self_train_views: int = typer.Option(
             1, "--self-train-views", help="With --self-train: test-time views of the teacher's captions."),
         resume: bool = typer.Option(True, "--resume/--no-resume"),
