@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from recaption.records import Record
+from recaption.records import Record, RecordError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def teacher_captions(teacher: str, records: Iterable[Record], stage: str, out_di
                     try:
                         images.append(r.pil())
                         part.append(r)
-                    except Exception as e:  # noqa: BLE001 - a bad image is recorded and the job goes on
+                    except RecordError as e:  # a bad image is recorded and the job goes on
                         log.warning("self-training: image %r skipped: %s", r.key, e)
                         stats["skipped"] += 1
                 for r, c in zip(part, cap.caption(images, stage) if images else [], strict=True):
