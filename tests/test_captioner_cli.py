@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -136,61 +137,70 @@ def test_resnet_clip_and_stage_one_options_reach_the_checkpoint(tmp_path):
     assert len(cap.caption([r.pil() for r in world_records(2, seed=4)], "short")) == 2
 
 
-def readme_lines() -> list[list[str]]:
-    """The commands of the README's step-by-step block, split as a shell would (comments dropped)."""
+def readme_recipe_module():
+    """``bench/readme_recipe.py`` (the script that runs the README's recipe as written), imported."""
+    import importlib.util
     import pathlib
-    import shlex
 
-    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    block = text.split("## The paper, step by step, in the shapes world", 1)[1].split("```bash", 1)[1]
-    block = block.split("```", 1)[0].replace("\\\n", " ")
-    return [shlex.split(x.split("#", 1)[0]) for x in block.splitlines()]
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "readme_recipe.py"
+    spec = importlib.util.spec_from_file_location("readme_recipe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def readme_recipe() -> list[list[str]]:
-    """The README's world recipe: its `recaption clip train` (alt-text) and `captioner train` lines, split."""
-    return [x[1:] for x in readme_lines() if x[:3] in (["recaption", "clip", "train"],
-                                                       ["recaption", "captioner", "train"]) and "--text-field" not in x]
+def test_readme_recipe_lines_are_read_and_moved_under_the_work_dir():
+    rr = readme_recipe_module()
+    lines = rr.recipe_lines(rr.readme_lines())
+    assert lines[0][:3] == ["recaption", "world", "make"] and lines[-1][:2] == ["recaption", "audit"]
+    trains = [x for x in lines if x[1:3] == ["captioner", "train"]]
+    assert [x[x.index("--stage") + 1] for x in trains] == ["alt", "short", "descriptive", "descriptive", "short",
+                                                          "short"]
+    assert not any(x[1] in ("run", "vae", "t2i", "generate", "eval") for x in lines)  # the captioner part only
+    moved = rr.relocate(["recaption", "audit", "--input", "data/heldout", "--captions", "desc.jsonl", "--out",
+                         "audit.json", "--clip", "/abs/clip"], "W")
+    assert moved == ["recaption", "audit", "--input", "W/data/heldout", "--captions", "W/desc.jsonl", "--out",
+                     "W/audit.json", "--clip", "/abs/clip"]
+    toy = rr.toy(["recaption", "captioner", "train", "--stage", "alt", "--steps", "100000", "--max-minutes", "18"])
+    assert toy == ["recaption", "captioner", "train", "--stage", "alt", "--steps", "2", "--max-minutes", "0",
+                   "--finetune-size", "4"]
 
 
 @pytest.mark.slow
 def test_the_readme_world_recipe_runs(tmp_path):
-    """The README's recipe lines, as written but at toy size (2 steps, no time box), run and reach the checkpoints."""
+    """The README's recipe lines, as written but at toy size (2 steps, no time box), run by bench/readme_recipe.py:
+    they reach the checkpoints the README names, with the options it gives, and a rerun skips what is done."""
     from recaption.captioners.clip_prefix import load_clip_prefix
 
-    data = world_folder(tmp_path / "data", 24, seed=5)
-    recipe = readme_recipe()
-    assert [x[:2] for x in recipe] == [["clip", "train"]] + [["captioner", "train"]] * 6
-    for args in recipe:
-        args = [str(data) if a == "data/world" else str(tmp_path / a) if a.startswith("ckpt/") else a for a in args]
-        for flag, value in (("--steps", "2"), ("--max-minutes", "0")):
-            if flag in args:
-                args[args.index(flag) + 1] = value
-        args += ["--batch-size", "8", "--heldout", "4"] if args[0] == "clip" else ["--finetune-size", "4"]
-        assert run(args) == 0, args
-    desc = json.load(open(tmp_path / "ckpt" / "cap-desc" / "captioner.json"))
+    rr = readme_recipe_module()
+    work = tmp_path / "w"
+    state = rr.main(["--work", str(work), "--toy", "--in-process"])
+    assert all(v["rc"] == 0 for v in state["lines"].values()) and len(state["lines"]) == 13
+    desc = json.load(open(work / "ckpt" / "cap-desc" / "captioner.json"))
     assert (desc["train"]["shift"], desc["train"]["ema"], desc["train"]["lr"]) == (2, 0.999, 1e-3)
-    short = json.load(open(tmp_path / "ckpt" / "cap-short" / "captioner.json"))
+    short = json.load(open(work / "ckpt" / "cap-short" / "captioner.json"))
     assert (short["train"]["shift"], short["train"]["ema"], short["train"]["vision_lr_scale"]) == (2, 0.999, 1.0)
-    cap = load_clip_prefix(str(tmp_path / "ckpt" / "cap-desc"))
+    cap = load_clip_prefix(str(work / "ckpt" / "cap-desc"))
     assert cap.cfg.prefix_grid == 3 and cap.cfg.finetune_vision and cap.cfg.extra_layers == (1,)
-    assert cap.model.lm.config.n_embd == 128 and (tmp_path / "ckpt" / "clip" / "conv_clip.json").is_file()
+    assert cap.model.lm.config.n_embd == 128 and (work / "ckpt" / "clip" / "conv_clip.json").is_file()
     # the self-training rounds: the descriptive one from the descriptive checkpoint, the short captioner from the
     # self-trained descriptive one and then its own round; each reads the truth of its 4-record subset only
     for name, stage, init in (("cap-desc-st", "descriptive", "cap-desc"), ("cap-short2", "short", "cap-desc-st"),
                               ("cap-short-st", "short", "cap-short2")):
-        meta = json.load(open(tmp_path / "ckpt" / name / "captioner.json"))
-        assert meta["train"]["stage"] == stage and len(json.load(open(tmp_path / "ckpt" / name /
+        meta = json.load(open(work / "ckpt" / name / "captioner.json"))
+        assert meta["train"]["stage"] == stage and len(json.load(open(work / "ckpt" / name /
                                                                       "finetune_keys.json"))) == 4
         assert meta["train"]["self_train"] == name.endswith("-st")
         if name.endswith("-st"):
-            assert meta["metrics"]["self_train"]["teacher"] == str(tmp_path / "ckpt" / init)
+            assert meta["metrics"]["self_train"]["teacher"] == str(work / "ckpt" / init)
             assert meta["metrics"]["self_train"]["captions"] + meta["metrics"]["self_train"]["empty"] == 20
-    captions = [x[1:] for x in readme_lines() if x[:2] == ["recaption", "caption"]]
-    assert captions, "the README's recipe captions the held-out scenes"
-    for args in captions:  # the README's captioning line, as written, on the toy data
-        args = [str(data) if a == "data/heldout" else str(tmp_path / a) if a.startswith("ckpt/") or
-                a.endswith(".jsonl") else a for a in args]
-        assert run([*args, "--limit", "3"]) == 0, args
-        out = args[args.index("--out") + 1]
-        assert len(open(out).read().splitlines()) == 3
+    # the README's captions of the 8 held-out scenes and their audits; every trained captioner audited too
+    for f in ("desc.jsonl", "short.jsonl"):
+        assert len(open(work / f).read().splitlines()) == 8
+    assert json.load(open(work / "audit.json"))["matched"] == 8
+    assert set(state["audits"]) >= {str(work / "audit.json"), str(work / "audit-short.json")}
+    assert len(state["audits"]) == 2 + 7  # + alt in both modes and the five later checkpoints
+    assert all("attribute_recall" in v for v in state["audits"].values())
+    logs = sorted(os.listdir(work / "logs"))
+    again = rr.main(["--work", str(work), "--toy", "--in-process"])  # a rerun finds everything done
+    assert again["lines"] == state["lines"] and sorted(os.listdir(work / "logs")) == logs
