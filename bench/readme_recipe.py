@@ -103,7 +103,8 @@ def audit_figures(path: str) -> dict:
     with open(path) as f:
         rep = json.load(f)
     keys = ("attribute_recall", "hallucination_rate", "count_accuracy", "relation_accuracy",
-            "fill_accuracy_given_object", "names_main_subjects", "words_per_caption", "words_max")
+            "fill_accuracy_given_object", "attribute_recall_named", "names_main_subjects", "words_per_caption",
+            "words_max")
     return {k: rep[k] for k in keys if k in rep}
 
 

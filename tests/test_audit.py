@@ -39,7 +39,7 @@ def test_true_descriptive_captions_score_perfectly(records):
     rep = audit(records, {r.key: truth_caption(r, "descriptive") for r in records}, mode="descriptive")
     for k in ("object_precision", "object_recall", "attribute_precision", "attribute_recall", "count_accuracy",
               "relation_accuracy", "text_accuracy", "names_main_subjects", "objects_named",
-              "size_accuracy_given_object", "fill_accuracy_given_object"):
+              "size_accuracy_given_object", "fill_accuracy_given_object", "attribute_recall_named"):
         assert rep[k] == 1.0, k
     assert rep["hallucination_rate"] == 0.0 and rep["degenerate_share"] == 0.0
     assert rep["count_claims"] > 0 and rep["relation_claims"] > 0 and rep["text_cases"] > 0
@@ -89,6 +89,11 @@ def test_attributes_given_the_object(vocab):
     assert row["objects_named"] == 3
     assert row["given_total_size"] == 3 and row["given_ok_size"] == 3
     assert row["given_total_fill"] == 3 and row["given_ok_fill"] == 1  # the circles are striped, not dotted
+    # read through the naming mentions, the wrong fill costs the circles' fill alone: 3 x (shape, colour, size)
+    # and the square's fill, of 3 x 4 (the strict recall credits the square's mention only: 4 of 12)
+    assert row["named_attr_ok"] == 10
+    assert summarise_world([row])["attribute_recall_named"] == pytest.approx(10 / 12, abs=1e-3)
+    assert summarise_world([row])["attribute_recall"] == pytest.approx(4 / 12, abs=1e-3)
     # two objects of one colour and shape: each is right when some mention of that pair states its value
     scene = Scene(background="black", objects=(Obj("circle", "red", "large", "striped", 0, 0),
                                                Obj("circle", "red", "small", "dotted", 0, 2)))
