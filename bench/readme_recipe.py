@@ -10,7 +10,8 @@ lines in one process, for a quick rerun of those).
 Afterwards (``--audit-all``, the default) every captioner checkpoint the recipe trained is also audited on the held-out
 scenes in its own stage's mode (greedy, one view), so each line's gain is visible. Everything is written to
 ``WORK/recipe.json`` as it goes; a rerun with the same ``--work`` skips the lines already done with the same command
-(a line killed part way is run again from its start). ``--reuse ckpt/clip=PATH`` copies an existing output instead
+up to the first that is not (a line killed part way, or one the README changed), which runs again from its start with
+every line after it. ``--reuse ckpt/clip=PATH`` copies an existing output instead
 of running the line that writes it (say so when quoting the figures).
 
 Full size (about two hours on 2 CPU cores): ``python bench/readme_recipe.py --work bench_out/recipe``.
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(os.path.join(work, "logs"), exist_ok=True)
     state_path = os.path.join(work, "recipe.json")
     state = json.load(open(state_path)) if os.path.isfile(state_path) else {"lines": {}, "audits": {}}
+    bad = [r for r in a.reuse if "=" not in r]
+    if bad:
+        raise SystemExit(f"--reuse {bad[0]!r}: want OUT=PATH, e.g. ckpt/clip=bench_out/x/clip")
     reuse = dict(r.split("=", 1) for r in a.reuse)
 
     def save() -> None:
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     trained: list[tuple[str, str]] = []  # (checkpoint, stage)
     audits = [x for x in lines if x[1] == "audit"]
     heldout = relocate(audits[-1], work)[audits[-1].index("--input") + 1]  # the scenes the README audits on
+    dirty = False  # a line has run in this call: the later ones cannot be taken as done
+    kept: set[str | None] = set()  # outputs of the lines taken as done
     for i, readme_args in enumerate(lines):
         args = relocate(toy(readme_args) if a.toy else readme_args, work)
         cmd = shlex.join(args)
@@ -145,9 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
         name = f"{i:02d} " + " ".join(w for w in readme_args[1:3] if not w.startswith("-"))
         if readme_args[1:3] == ["captioner", "train"]:
             trained.append((out, readme_args[readme_args.index("--stage") + 1]))
-        if state["lines"].get(name, {}).get("command") == cmd and state["lines"][name].get("rc") == 0:
+        if not dirty and state["lines"].get(name, {}).get("command") == cmd and state["lines"][name].get("rc") == 0:
             print(f"{name}: done before ({state['lines'][name]['seconds']} s)", flush=True)
+            kept.add(out)
             continue
+        if not dirty:  # from here on every line runs again (its inputs may have changed), and every later audit
+            dirty = True
+            state["lines"] = {k: v for k, v in state["lines"].items() if k < name}
+            state["audits"] = {k: v for k, v in state["audits"].items() if k in kept}
         src = reuse.get(output_of(readme_args) or "")
         if src:
             shutil.copytree(src, out, dirs_exist_ok=True)

@@ -204,3 +204,11 @@ def test_the_readme_world_recipe_runs(tmp_path):
     logs = sorted(os.listdir(work / "logs"))
     again = rr.main(["--work", str(work), "--toy", "--in-process"])  # a rerun finds everything done
     assert again["lines"] == state["lines"] and sorted(os.listdir(work / "logs")) == logs
+    # a README whose last line changed: the lines before it are kept, it runs again, and so do the audits
+    readme = tmp_path / "README.md"
+    readme.write_text(rr.README.read_text().replace("--out audit-short.json", "--out audit-short2.json"))
+    changed = rr.main(["--work", str(work), "--toy", "--in-process", "--readme", str(readme)])
+    assert [changed["lines"][k] == state["lines"][k] for k in sorted(state["lines"])] == [True] * 12 + [False]
+    assert (work / "audit-short2.json").is_file() and str(work / "audit-short.json") not in changed["audits"]
+    assert changed["audits"][str(work / "audit.json")] == state["audits"][str(work / "audit.json")]
+    assert len(changed["audits"]) == 2 + 7
