@@ -239,13 +239,11 @@ def audit_world_caption(caption: str, scene: Any, v: Vocab) -> dict[str, Any]:
     for o in objs:  # per attribute, given the object is named by its colour and shape
         same = [m for m in mentions if m.shape == o.shape and m.attrs.get("color") == o.color]
         r["objects_named"] += bool(same)
-        r["named_attr_ok"] += 2 * bool(same)  # its shape and colour, stated by naming it
         for a in GIVEN_ATTRS:
             stated = {m.attrs[a] for m in same if a in m.attrs}
             if stated:
                 r[f"given_total_{a}"] += 1
                 r[f"given_ok_{a}"] += getattr(o, a) in stated
-                r["named_attr_ok"] += getattr(o, a) in stated
     r["objects"] = len(objs)
     r["objects_covered"] = len({i for i, a in covered_attrs if a == "shape"})
     for a in ATTRS:
@@ -292,7 +290,9 @@ def summarise_world(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "names_main_subjects": _ratio(t["main_subjects_ok"], len(rows)),
         "objects_named": _ratio(t["objects_named"], t["objects"]),
         **{f"{a}_accuracy_given_object": _ratio(t[f"given_ok_{a}"], t[f"given_total_{a}"]) for a in GIVEN_ATTRS},
-        "attribute_recall_named": _ratio(t["named_attr_ok"], len(ATTRS) * t["objects"]),
+        # shape and colour of each object named by both, + its size and fill where such a mention states them right
+        "attribute_recall_named": _ratio((len(ATTRS) - len(GIVEN_ATTRS)) * t["objects_named"]
+                                         + sum(t[f"given_ok_{a}"] for a in GIVEN_ATTRS), len(ATTRS) * t["objects"]),
     }
     return out
 
